@@ -1,0 +1,43 @@
+"""Pangolin: the official Python SDK for Cinch.
+
+Run untrusted code in disposable sandboxes with one call::
+
+    from pangolin import Sandbox
+
+    result = Sandbox().run("print(2 + 2)")   # key from $CINCH_API_KEY
+    assert result.stdout == "4\\n"
+"""
+
+from ._base import DEFAULT_BASE_URL
+from ._version import __version__
+from .async_client import AsyncSandbox
+from .client import Sandbox
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    CinchError,
+    ConflictError,
+    InsufficientCreditsError,
+    NetworkError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+)
+from .models import SandboxResult
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "AsyncSandbox",
+    "AuthenticationError",
+    "BadRequestError",
+    "CinchError",
+    "ConflictError",
+    "InsufficientCreditsError",
+    "NetworkError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "Sandbox",
+    "SandboxResult",
+    "ServiceUnavailableError",
+    "__version__",
+]

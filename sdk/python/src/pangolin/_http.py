@@ -1,0 +1,170 @@
+"""Transport-independent pieces of a ``POST /run`` exchange."""
+
+from __future__ import annotations
+
+import json
+import platform
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ._retry import parse_retry_after
+from ._version import __version__
+from .errors import CinchError, NetworkError, RequestTimeoutError, error_for_status
+from .models import SandboxResult
+
+USER_AGENT = f"pangolin-sdk/{__version__} python/{platform.python_version()}"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A fully prepared ``POST /run``, sent unchanged on every attempt."""
+
+    url: str
+    headers: dict[str, str]
+    content: bytes
+
+
+def prepare_run(
+    *,
+    base_url: str,
+    api_key: str,
+    code: str,
+    language: str,
+    stdin: str | None,
+    idempotency_key: str | None,
+) -> RunRequest:
+    """Validates the arguments of a run and builds its request.
+
+    Args:
+        base_url: The API root, without a trailing slash.
+        api_key: The bearer token.
+        code: Source code to run; must be a non-empty string.
+        language: The language name understood by the server.
+        stdin: Optional standard input for the program.
+        idempotency_key: Caller-chosen key; a random UUID4 when ``None``.
+
+    Returns:
+        The request to send.
+
+    Raises:
+        ValueError: If ``code`` or ``idempotency_key`` is empty or not a string.
+        TypeError: If ``language`` or ``stdin`` is not a string.
+    """
+    if not isinstance(code, str) or not code:
+        raise ValueError("code must be a non-empty string")
+    if not isinstance(language, str):
+        raise TypeError("language must be a string")
+    if stdin is not None and not isinstance(stdin, str):
+        raise TypeError("stdin must be a string")
+    if idempotency_key is None:
+        idempotency_key = str(uuid.uuid4())
+    elif not isinstance(idempotency_key, str) or not idempotency_key:
+        raise ValueError("idempotency_key must be a non-empty string")
+
+    body: dict[str, Any] = {"code": code, "language": language}
+    if stdin is not None:
+        body["stdin"] = stdin
+    return RunRequest(
+        url=f"{base_url}/run",
+        headers={
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "Idempotency-Key": idempotency_key,
+        },
+        content=json.dumps(body).encode("utf-8"),
+    )
+
+
+def parse_response(response: httpx.Response) -> SandboxResult:
+    """Turns a ``/run`` response into a result or raises the matching error.
+
+    Args:
+        response: A response whose body has been read.
+
+    Returns:
+        The parsed result of a successful run.
+
+    Raises:
+        CinchError: Or one of its subclasses, for any non-2xx status or a
+            malformed success body.
+    """
+    request_id = response.headers.get("x-request-id")
+    if not response.is_success:
+        raise error_for_status(
+            response.status_code,
+            _error_message(response),
+            request_id=request_id,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise CinchError(
+            "invalid response from server: expected a JSON object",
+            response.status_code,
+            request_id=request_id,
+        )
+    return _result_from_json(data, response.headers, request_id)
+
+
+def network_error(exc: httpx.TransportError) -> NetworkError:
+    """Maps an httpx transport failure to the SDK's exception.
+
+    Args:
+        exc: The exception raised by httpx.
+
+    Returns:
+        A :class:`RequestTimeoutError` for read/write timeouts, otherwise a
+        :class:`NetworkError` (connection refused, reset, DNS, connect timeout).
+    """
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
+        return RequestTimeoutError(f"request timed out: {reason}")
+    return NetworkError(f"network error: {reason}")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = body.get("error") if isinstance(body, dict) else None
+    if isinstance(message, str):
+        return message
+    return response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def _result_from_json(
+    data: Mapping[str, Any], headers: httpx.Headers, request_id: str | None
+) -> SandboxResult:
+    return SandboxResult(
+        stdout=str(data.get("stdout") or ""),
+        stderr=str(data.get("stderr") or ""),
+        exit_code=_optional_int(data.get("exitCode")),
+        timed_out=bool(data.get("timedOut", False)),
+        duration_ms=_optional_int(data.get("durationMs")) or 0,
+        termination=data.get("termination"),
+        signal=data.get("signal"),
+        truncated=bool(data.get("truncated", False)),
+        queue_ms=_optional_int(data.get("queueMs")),
+        credits_charged=_optional_int(data.get("creditsCharged")),
+        credits_remaining=_optional_int(headers.get("x-credits-remaining")),
+        request_id=request_id,
+    )
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,3 @@
+"""Single source of truth for the package version."""
+
+__version__ = "0.3.0"

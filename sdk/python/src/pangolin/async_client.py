@@ -1,0 +1,107 @@
+"""The asynchronous client, for asyncio and Trio alike (through httpx and anyio)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import anyio
+import httpx
+
+from ._base import SandboxBase
+from ._http import RunRequest, network_error, parse_response
+from ._retry import is_retryable, retry_delay
+from .errors import CinchError
+from .models import SandboxResult
+
+__all__ = ["AsyncSandbox"]
+
+
+class AsyncSandbox(SandboxBase):
+    """Runs code in Cinch sandboxes without blocking the event loop.
+
+    Works under asyncio and Trio. Used directly, every :meth:`run` opens and
+    closes its own connection; used as an async context manager, runs share a
+    connection pool until the block exits::
+
+        async with AsyncSandbox() as box:
+            result = await box.run("print(2 + 2)")
+
+    Args:
+        api_key: A ``cinch_live_...`` key; defaults to ``$CINCH_API_KEY``.
+        base_url: The API root; defaults to ``$CINCH_BASE_URL`` or the
+            production URL.
+        timeout: Seconds to wait for the server on each attempt.
+        max_retries: Extra attempts after HTTP 429, HTTP 503 or a connection
+            failure (0 disables retries).
+
+    Raises:
+        ValueError: If no API key is given or found in the environment.
+    """
+
+    _client: httpx.AsyncClient | None = None
+
+    async def run(
+        self,
+        code: str,
+        language: str = "python",
+        *,
+        stdin: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SandboxResult:
+        """Runs ``code`` in a fresh sandbox and returns its output.
+
+        See :meth:`pangolin.Sandbox.run`; the arguments, result and errors
+        are the same.
+        """
+        request = self._prepare(code, language, stdin, idempotency_key)
+        async with self._session() as client:
+            attempt = 0
+            while True:
+                try:
+                    return await self._attempt(client, request)
+                except CinchError as error:
+                    if attempt >= self.max_retries or not is_retryable(error):
+                        raise
+                    await anyio.sleep(retry_delay(attempt, error))
+                    attempt += 1
+
+    async def aclose(self) -> None:
+        """Closes the pooled connections opened by ``async with``."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        if self._client is None:
+            self._client = httpx.AsyncClient()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[httpx.AsyncClient]:
+        if self._client is not None:
+            yield self._client
+        else:
+            async with httpx.AsyncClient() as client:
+                yield client
+
+    async def _attempt(self, client: httpx.AsyncClient, request: RunRequest) -> SandboxResult:
+        try:
+            response = await client.post(
+                request.url,
+                headers=request.headers,
+                content=request.content,
+                timeout=self.timeout,
+            )
+        except httpx.TransportError as exc:
+            raise network_error(exc) from exc
+        return parse_response(response)

@@ -1,0 +1,130 @@
+"""The synchronous client.
+
+This module keeps the names 0.2.0 exported from it (``Sandbox``,
+``SandboxResult``, ``CinchError``, ``DEFAULT_BASE_URL``), so imports such as
+``from pangolin.client import Sandbox`` keep working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from types import TracebackType
+
+import httpx
+
+from ._base import DEFAULT_BASE_URL, SandboxBase
+from ._http import RunRequest, network_error, parse_response
+from ._retry import is_retryable, retry_delay
+from .errors import CinchError
+from .models import SandboxResult
+
+__all__ = ["DEFAULT_BASE_URL", "CinchError", "Sandbox", "SandboxResult"]
+
+
+class Sandbox(SandboxBase):
+    """Runs code in Cinch sandboxes, blocking until each run finishes.
+
+    Used directly, every :meth:`run` opens and closes its own connection,
+    exactly like 0.2.0. Used as a context manager, runs share a connection
+    pool until the block exits::
+
+        with Sandbox() as box:
+            for snippet in snippets:
+                print(box.run(snippet).stdout)
+
+    Args:
+        api_key: A ``cinch_live_...`` key; defaults to ``$CINCH_API_KEY``.
+        base_url: The API root; defaults to ``$CINCH_BASE_URL`` or the
+            production URL.
+        timeout: Seconds to wait for the server on each attempt.
+        max_retries: Extra attempts after HTTP 429, HTTP 503 or a connection
+            failure (0 disables retries).
+
+    Raises:
+        ValueError: If no API key is given or found in the environment.
+    """
+
+    _client: httpx.Client | None = None
+
+    def run(
+        self,
+        code: str,
+        language: str = "python",
+        *,
+        stdin: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SandboxResult:
+        """Runs ``code`` in a fresh sandbox and returns its output.
+
+        A program that fails (non-zero exit, timeout, killed) is still a
+        result; only a failed request raises.
+
+        Args:
+            code: The source code to run.
+            language: ``"python"`` or ``"javascript"`` (aliases ``python3``,
+                ``js``, ``node``).
+            stdin: Text fed to the program's standard input.
+            idempotency_key: Makes the run idempotent for 24 hours: the same
+                key with the same body returns the stored result and is
+                charged once. A random key is generated when omitted, and
+                reused across this call's retries.
+
+        Returns:
+            The program's output and exit status.
+
+        Raises:
+            ValueError: If ``code`` is empty or not a string.
+            CinchError: Or a subclass, if the request failed after retries.
+        """
+        request = self._prepare(code, language, stdin, idempotency_key)
+        with self._session() as client:
+            attempt = 0
+            while True:
+                try:
+                    return self._attempt(client, request)
+                except CinchError as error:
+                    if attempt >= self.max_retries or not is_retryable(error):
+                        raise
+                    time.sleep(retry_delay(attempt, error))
+                    attempt += 1
+
+    def close(self) -> None:
+        """Closes the pooled connections opened by ``with Sandbox() as box``."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> Sandbox:
+        if self._client is None:
+            self._client = httpx.Client()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[httpx.Client]:
+        if self._client is not None:
+            yield self._client
+        else:
+            with httpx.Client() as client:
+                yield client
+
+    def _attempt(self, client: httpx.Client, request: RunRequest) -> SandboxResult:
+        try:
+            response = client.post(
+                request.url,
+                headers=request.headers,
+                content=request.content,
+                timeout=self.timeout,
+            )
+        except httpx.TransportError as exc:
+            raise network_error(exc) from exc
+        return parse_response(response)
