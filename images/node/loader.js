@@ -1,0 +1,66 @@
+// Cinch Node loader: a warmed-up Node that runs one program.
+//
+// The supervisor (PID 1) starts this with stdin, stdout and stderr as pipes and
+// fd 3 as the status pipe.  We warm up the CommonJS and ES module loaders and
+// the stdout/stderr streams, say we are ready ('r' on fd 3), block on one byte
+// from stdin, then run /tmp/work/main.js the way `node main.js` would:
+// Module.runMain picks CommonJS or ES modules (syntax detection is on by
+// default from Node 20.19), sets require.main, and leaves the rest of stdin,
+// unhandled rejections and exit codes to Node itself.  When the program is
+// done (the 'exit' event, after every other 'exit' listener), we report the
+// exit code on fd 3, so the result does not wait for Node's own teardown.
+"use strict";
+const fs = require("node:fs");
+const Module = require("node:module");
+const util = require("node:util");
+require("node:path");
+require("node:events");
+
+const PATH = "/tmp/work/main.js";
+const STATUS_FD = 3;
+
+async function warmUp() {
+  // First use of each costs milliseconds: do it before the program arrives.
+  process.stdout;
+  process.stderr;
+  util.format("%s %d %j", "a", 1, { b: [2] });
+  util.inspect({ a: [1, "x", { b: null }], c: new Map([[1, 2]]) });
+  require("/opt/cinch/warm.js");
+  await import("/opt/cinch/warm.mjs");
+}
+
+function reportExit(code) {
+  // Run the program's own 'exit' listeners first, then report.
+  const others = process.listeners("exit").filter((fn) => fn !== reportExit);
+  process.removeAllListeners("exit");
+  for (const fn of others) fn.call(process, code);
+  const final = process.exitCode ?? code;
+  const buf = Buffer.alloc(5);
+  buf.write("x");
+  buf.writeUInt32BE((final ?? 0) & 0xff, 1);
+  try {
+    fs.writeSync(STATUS_FD, buf);
+  } catch {
+    // The supervisor falls back to waitpid.
+  }
+}
+
+function runProgram() {
+  fs.writeSync(STATUS_FD, "r");
+  const go = Buffer.alloc(1);
+  for (;;) {
+    try {
+      fs.readSync(0, go, 0, 1, null);
+      break;
+    } catch (err) {
+      if (err.code !== "EAGAIN" && err.code !== "EINTR") throw err;
+    }
+  }
+  process.on("exit", reportExit);
+  process.argv[1] = PATH;
+  Module.runMain(PATH);
+}
+
+// setImmediate, not the promise callback: a synchronous throw from the program
+// must be an ordinary uncaught exception, not a rejected promise.
+warmUp().then(() => setImmediate(runProgram));

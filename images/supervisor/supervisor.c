@@ -1,0 +1,340 @@
+/*
+ * Cinch sandbox supervisor: PID 1 of every sandbox container.
+ *
+ * It starts the language loader (a warmed-up interpreter blocked reading one
+ * byte from its stdin), tells the host it is ready, then runs exactly one
+ * program and exits.  It never runs user code itself, so a program that dies
+ * in any way is observed and reported; a program that kills this process too
+ * is caught by the host through the container's own end.
+ *
+ * Frames on both directions: 1 type byte, 4-byte big-endian length, payload.
+ *
+ * host -> supervisor (fd 0, the attached stdin)
+ *   'R' run:    nonce[16] | u32 output_limit | u32 code_len | code | stdin
+ *   'K' signal: u8 signo   (sent to the program's whole process group)
+ *
+ * supervisor -> host (fd 1, the attached stdout)
+ *   'Y' ready:  empty
+ *   'O' stdout chunk, 'E' stderr chunk
+ *   'X' exit:   nonce[16] | u8 kind ('e' exited, 's' killed by signal) | u32 value
+ *   'F' failure: message (a fault of ours, not of the program)
+ *
+ * loader -> supervisor (fd 3 in the loader, the status pipe)
+ *   'r' once warm; later 'x' + u32 exit code when the program has finished
+ *   (output flushed, atexit done) but before the runtime's own teardown, so the
+ *   result does not wait for it.  Without that report, waitpid decides.
+ *
+ * usage: supervisor CODE_PATH LOADER [ARGS...]
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WORKDIR "/tmp/work"
+#define MAX_RUN_FRAME (16u << 20) /* code + stdin, the API caps far below */
+#define DRAIN_MS 30               /* leftover children may hold the pipes */
+#define CHUNK 65536
+
+static int sigpipe_fds[2];
+
+static void on_sigchld(int signo) {
+    (void)signo;
+    int saved = errno;
+    ssize_t r = write(sigpipe_fds[1], "c", 1);
+    (void)r;
+    errno = saved;
+}
+
+static void write_all(int fd, const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            _exit(3); /* the host went away: nothing left to report to */
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void send_frame(char type, const void *payload, uint32_t len) {
+    unsigned char hdr[5] = {(unsigned char)type, len >> 24, len >> 16, len >> 8, len};
+    write_all(1, hdr, 5);
+    if (len) write_all(1, payload, len);
+}
+
+static void fail(const char *msg) {
+    send_frame('F', msg, (uint32_t)strlen(msg));
+    _exit(2);
+}
+
+static int read_full(int fd, void *buf, size_t len) {
+    char *p = buf;
+    while (len > 0) {
+        ssize_t n = read(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (n == 0) return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+int main(int argc, char **argv) {
+    if (argc < 3) fail("usage: supervisor CODE_PATH LOADER [ARGS...]");
+    /* Not dumpable: the program (same uid) cannot read our memory (the nonce)
+       through /proc/1/mem or attach to us with ptrace. */
+    prctl(PR_SET_DUMPABLE, 0);
+    const char *code_path = argv[1];
+
+    if (mkdir(WORKDIR, 0700) < 0 && errno != EEXIST) fail("cannot create " WORKDIR);
+    if (chdir(WORKDIR) < 0) fail("cannot enter " WORKDIR);
+
+    int in_p[2], out_p[2], err_p[2], ready_p[2];
+    if (pipe2(in_p, O_CLOEXEC) || pipe2(out_p, O_CLOEXEC) || pipe2(err_p, O_CLOEXEC) ||
+        pipe2(ready_p, O_CLOEXEC) || pipe2(sigpipe_fds, O_CLOEXEC | O_NONBLOCK))
+        fail("pipe failed");
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_NOCLDSTOP | SA_RESTART;
+    sigaction(SIGCHLD, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    pid_t child = fork();
+    if (child < 0) fail("fork failed");
+    if (child == 0) {
+        setsid();
+        signal(SIGPIPE, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        /* dup2 clears close-on-exec on the targets; the sources stay CLOEXEC. */
+        if (dup2(in_p[0], 0) < 0 || dup2(out_p[1], 1) < 0 || dup2(err_p[1], 2) < 0 ||
+            dup2(ready_p[1], 3) < 0)
+            _exit(127);
+        execv(argv[2], argv + 2);
+        _exit(127);
+    }
+    close(in_p[0]);
+    close(out_p[1]);
+    close(err_p[1]);
+    close(ready_p[1]);
+
+    /* Wait until the loader says it is warm (or dies trying). */
+    char rb;
+    if (read_full(ready_p[0], &rb, 1) < 0 || rb != 'r') fail("loader exited before it was ready");
+    send_frame('Y', NULL, 0);
+
+    /* One run frame. */
+    unsigned char hdr[5];
+    if (read_full(0, hdr, 5) < 0) _exit(0); /* host closed: a drained pool sandbox */
+    uint32_t len = be32(hdr + 1);
+    if (hdr[0] != 'R' || len < 24 || len > MAX_RUN_FRAME) fail("bad run frame");
+    unsigned char *frame = malloc(len);
+    if (!frame || read_full(0, frame, len) < 0) fail("short run frame");
+    unsigned char nonce[16];
+    memcpy(nonce, frame, 16);
+    uint32_t output_limit = be32(frame + 16);
+    uint32_t code_len = be32(frame + 20);
+    if (code_len > len - 24) fail("bad code length");
+    const unsigned char *code = frame + 24;
+    const unsigned char *stdin_data = code + code_len;
+    size_t stdin_len = len - 24 - code_len, stdin_off = 0;
+
+    int cfd = open(code_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (cfd < 0) fail("cannot write the program file");
+    write_all(cfd, code, code_len);
+    close(cfd);
+
+    /* The go byte, then the program's stdin, then EOF. */
+    set_nonblock(in_p[1]);
+    int in_fd = in_p[1];
+    if (write(in_fd, "g", 1) != 1) fail("loader is gone");
+    if (stdin_len == 0) {
+        close(in_fd);
+        in_fd = -1;
+    }
+
+    set_nonblock(out_p[0]);
+    set_nonblock(err_p[0]);
+    set_nonblock(ready_p[0]);
+    int out_fd = out_p[0], err_fd = err_p[0], ctl_fd = 0, status_fd = ready_p[0];
+    unsigned char status_buf[5];
+    size_t status_have = 0;
+    int reported = 0;
+    unsigned char ctl_buf[5 + 1];
+    size_t ctl_have = 0;
+    int status = 0, exited = 0;
+    long long exit_at = 0;
+    uint64_t total_out = 0;
+    int over_limit = 0;
+    char *buf = malloc(CHUNK);
+    if (!buf) fail("out of memory");
+
+    for (;;) {
+        if (exited && ((out_fd < 0 && err_fd < 0) || now_ms() - exit_at >= DRAIN_MS || over_limit))
+            break;
+        if (reported) {
+            /* Everything the program wrote before its report is in the pipes now. */
+            int fds_r[2] = {out_fd, err_fd};
+            char types_r[2] = {'O', 'E'};
+            for (int k = 0; k < 2 && !over_limit; k++) {
+                if (fds_r[k] < 0) continue;
+                for (;;) {
+                    ssize_t got = read(fds_r[k], buf, CHUNK);
+                    if (got <= 0) break;
+                    send_frame(types_r[k], buf, (uint32_t)got);
+                    total_out += (uint64_t)got;
+                    if (output_limit && total_out > output_limit) { over_limit = 1; break; }
+                }
+            }
+            break;
+        }
+        struct pollfd pfd[6];
+        int n = 0, i_out = -1, i_err = -1, i_in = -1, i_ctl = -1, i_st = -1;
+        pfd[n].fd = sigpipe_fds[0]; pfd[n].events = POLLIN; n++;
+        if (out_fd >= 0) { i_out = n; pfd[n].fd = out_fd; pfd[n].events = POLLIN; n++; }
+        if (err_fd >= 0) { i_err = n; pfd[n].fd = err_fd; pfd[n].events = POLLIN; n++; }
+        if (in_fd >= 0) { i_in = n; pfd[n].fd = in_fd; pfd[n].events = POLLOUT; n++; }
+        if (ctl_fd >= 0) { i_ctl = n; pfd[n].fd = ctl_fd; pfd[n].events = POLLIN; n++; }
+        if (status_fd >= 0 && !exited) { i_st = n; pfd[n].fd = status_fd; pfd[n].events = POLLIN; n++; }
+        int timeout = -1;
+        if (exited) {
+            long long left = DRAIN_MS - (now_ms() - exit_at);
+            timeout = left > 0 ? (int)left : 0;
+        }
+        int r = poll(pfd, (nfds_t)n, timeout);
+        if (r < 0 && errno != EINTR) fail("poll failed");
+
+        if (r > 0 && (pfd[0].revents & POLLIN)) {
+            char drain[64];
+            while (read(sigpipe_fds[0], drain, sizeof drain) > 0) {}
+        }
+        /* Reap everything: we are PID 1, orphans are ours. */
+        for (;;) {
+            int st;
+            pid_t p = waitpid(-1, &st, WNOHANG);
+            if (p <= 0) break;
+            if (p == child && !exited) {
+                exited = 1;
+                status = st;
+                exit_at = now_ms();
+            }
+        }
+        if (r <= 0) continue;
+
+        int fds_idx[2] = {i_out, i_err};
+        int *fds_ptr[2] = {&out_fd, &err_fd};
+        char types[2] = {'O', 'E'};
+        for (int k = 0; k < 2; k++) {
+            int idx = fds_idx[k];
+            if (idx < 0 || !(pfd[idx].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t got = read(*fds_ptr[k], buf, CHUNK);
+            if (got > 0) {
+                send_frame(types[k], buf, (uint32_t)got);
+                total_out += (uint64_t)got;
+                if (output_limit && total_out > output_limit && !over_limit) {
+                    over_limit = 1;
+                    kill(-child, SIGKILL);
+                    for (int j = 0; j < 2; j++)
+                        if (*fds_ptr[j] >= 0) { close(*fds_ptr[j]); *fds_ptr[j] = -1; }
+                    break;
+                }
+            } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+                close(*fds_ptr[k]);
+                *fds_ptr[k] = -1;
+            }
+        }
+        if (i_st >= 0 && (pfd[i_st].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t got = read(status_fd, status_buf + status_have, sizeof status_buf - status_have);
+            if (got > 0) {
+                status_have += (size_t)got;
+                if (status_have == sizeof status_buf) {
+                    if (status_buf[0] == 'x') {
+                        reported = 1;
+                        status = (int)(be32(status_buf + 1) & 0xff) << 8; /* as from waitpid */
+                    }
+                    status_have = 0;
+                }
+            } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+                close(status_fd);
+                status_fd = -1;
+            }
+        }
+        if (i_in >= 0 && (pfd[i_in].revents & (POLLOUT | POLLERR | POLLHUP))) {
+            ssize_t w = write(in_fd, stdin_data + stdin_off, stdin_len - stdin_off);
+            if (w > 0) stdin_off += (size_t)w;
+            if ((w < 0 && errno != EAGAIN && errno != EINTR) || stdin_off >= stdin_len) {
+                close(in_fd);
+                in_fd = -1;
+            }
+        }
+        if (i_ctl >= 0 && (pfd[i_ctl].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t got = read(ctl_fd, ctl_buf + ctl_have, sizeof ctl_buf - ctl_have);
+            if (got <= 0) {
+                if (got == 0 || errno != EINTR) {
+                    /* The host hung up: nobody wants this run any more. */
+                    kill(-child, SIGKILL);
+                    ctl_fd = -1;
+                }
+            } else {
+                ctl_have += (size_t)got;
+                if (ctl_have == sizeof ctl_buf) {
+                    if (ctl_buf[0] == 'K' && be32(ctl_buf + 1) == 1) kill(-child, ctl_buf[5]);
+                    ctl_have = 0;
+                }
+            }
+        }
+    }
+
+    unsigned char xf[21];
+    memcpy(xf, nonce, 16);
+    uint32_t value;
+    if (reported) {
+        xf[16] = 'e';
+        value = (uint32_t)WEXITSTATUS(status);
+    } else if (!exited) {
+        xf[16] = 's';
+        value = SIGKILL;
+    } else if (WIFSIGNALED(status)) {
+        xf[16] = 's';
+        value = (uint32_t)WTERMSIG(status);
+    } else {
+        xf[16] = 'e';
+        value = (uint32_t)WEXITSTATUS(status);
+    }
+    xf[17] = value >> 24; xf[18] = value >> 16; xf[19] = value >> 8; xf[20] = value;
+    send_frame('X', xf, sizeof xf);
+    kill(-child, SIGKILL);
+    return 0;
+}

@@ -1,0 +1,294 @@
+"""Sandboxes on a real Docker engine with gVisor."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal as signal_mod
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ._docker import AttachStream, DockerClient
+from ._errors import EngineUnavailable, NotFound, PoolError, ProtocolError, SandboxStartError
+from ._protocol import (
+    DeathInfo,
+    Event,
+    Exited,
+    FrameDecoder,
+    Gone,
+    Output,
+    decode_exit,
+    encode_run,
+    encode_signal,
+)
+from ._spec import OWNER_LABEL, SandboxLimits, container_config
+
+log = logging.getLogger("cinch.pool")
+
+READY_TIMEOUT_S = 20.0
+DESTROY_TIMEOUT_S = 20.0
+
+
+@dataclass
+class DockerSandbox:
+    """A running sandbox container with its attached stdio."""
+
+    id: str
+    language: str
+    image: str
+    created_at: float
+    _backend: DockerBackend
+    _stream: AttachStream
+    _decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    _pending: list[tuple[bytes, bytes]] = field(default_factory=list)
+    _nonce: bytes = b""
+    paused: bool = False
+    killed_by_us: bool = False
+
+    async def _next_frame(self) -> tuple[bytes, bytes] | None:
+        while not self._pending:
+            chunk = await self._stream.receive_chunk()
+            if chunk is None:
+                return None
+            kind, data = chunk
+            if kind != 1:
+                # The supervisor never writes to its stderr; a runtime error does.
+                log.debug("sandbox %s stderr: %r", self.id[:12], data[:200])
+                continue
+            self._pending.extend(self._decoder.feed(data))
+        return self._pending.pop(0)
+
+    async def wait_ready(self) -> None:
+        frame = await self._next_frame()
+        if frame is None:
+            raise SandboxStartError("sandbox ended before its runner was ready")
+        kind, payload = frame
+        if kind == b"F":
+            raise SandboxStartError("runner failed: " + payload.decode("utf-8", "replace"))
+        if kind != b"Y":
+            raise SandboxStartError(f"unexpected frame {kind!r} before ready")
+
+    async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
+        self._nonce = nonce
+        await self._stream.send_all(encode_run(nonce, output_limit, code, stdin))
+
+    async def send_signal(self, signo: int) -> None:
+        try:
+            await self._stream.send_all(encode_signal(signo))
+        except EngineUnavailable:
+            pass  # the sandbox is already gone; the read side will say so
+
+    async def receive_event(self) -> Event:
+        frame = await self._next_frame()
+        if frame is None:
+            return Gone()
+        kind, payload = frame
+        if kind == b"O":
+            return Output("stdout", payload)
+        if kind == b"E":
+            return Output("stderr", payload)
+        if kind == b"X":
+            return decode_exit(payload, self._nonce)
+        raise ProtocolError(f"unexpected frame {kind!r} during a run")
+
+    async def death_info(self) -> DeathInfo:
+        return await self._backend.death_info(self)
+
+
+class DockerBackend:
+    """Makes sandboxes with runsc on one Docker engine, all labelled with our owner id."""
+
+    def __init__(
+        self,
+        client: DockerClient,
+        *,
+        owner: str,
+        runtimes: dict[str, str],
+        limits: SandboxLimits | None = None,
+        cgroup_parent: str | None = None,
+    ) -> None:
+        self.client = client
+        self.owner = owner
+        self.runtimes = runtimes
+        self.limits = limits or SandboxLimits()
+        self.cgroup_parent = cgroup_parent
+        # container id -> actions seen in the event stream (bounded)
+        self._events: OrderedDict[str, set[str]] = OrderedDict()
+        self._event_arrived = trio.Event()
+
+    # -- events ---------------------------------------------------------------
+
+    async def watch_events(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the engine's container events for our label, reconnecting as needed."""
+        started = False
+        delay = 0.2
+        while True:
+            try:
+                stream = self.client.events(
+                    {"type": ["container"], "label": [f"{OWNER_LABEL}={self.owner}"]}
+                )
+                if not started:
+                    task_status.started()
+                    started = True
+                async for event in stream:
+                    delay = 0.2
+                    cid = event.get("id") or event.get("Actor", {}).get("ID", "")
+                    action = str(event.get("Action", event.get("status", "")))
+                    self._record(cid, action.split(":")[0])
+            except (EngineUnavailable, PoolError) as exc:
+                log.info("event stream lost: %s", exc)
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _record(self, cid: str, action: str) -> None:
+        if not cid:
+            return
+        self._events.setdefault(cid, set()).add(action)
+        self._events.move_to_end(cid)
+        while len(self._events) > 4096:
+            self._events.popitem(last=False)
+        self._event_arrived.set()
+        self._event_arrived = trio.Event()
+
+    async def death_info(self, sandbox: DockerSandbox) -> DeathInfo:
+        # The 'die' event may trail the end of the attach stream a little.
+        with trio.move_on_after(1.0):
+            while "die" not in self._events.get(sandbox.id, set()):
+                await self._event_arrived.wait()
+        actions = self._events.get(sandbox.id, set())
+        exit_code: int | None = None
+        oom = "oom" in actions
+        try:
+            with trio.fail_after(5):
+                state = (await self.client.inspect(sandbox.id)).get("State", {})
+            exit_code = state.get("ExitCode")
+            oom = oom or bool(state.get("OOMKilled"))
+        except (PoolError, trio.TooSlowError):
+            return DeathInfo(None, oom, sandbox.killed_by_us, False, engine_lost=True)
+        killed_externally = "kill" in actions and not sandbox.killed_by_us
+        return DeathInfo(exit_code, oom, sandbox.killed_by_us, killed_externally)
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def wait_engine(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.client.ping()
+                return
+            except PoolError:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def start_sandbox(self, language: str, image: str) -> DockerSandbox:
+        config = container_config(
+            image=image,
+            language=language,
+            runtime=self.runtimes[language],
+            owner=self.owner,
+            limits=self.limits,
+            cgroup_parent=self.cgroup_parent,
+        )
+        cid = await self.client.create_container(config)
+        stream: AttachStream | None = None
+        try:
+            stream = await self.client.attach(cid)
+            sandbox = DockerSandbox(cid, language, image, time.monotonic(), self, stream)
+            await self.client.start(cid)
+            with trio.fail_after(READY_TIMEOUT_S):
+                await sandbox.wait_ready()
+            return sandbox
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                if stream is not None:
+                    await stream.aclose()
+                await self._remove(cid)
+                self._reap_orphans(cid)
+            if isinstance(exc, trio.TooSlowError):
+                raise SandboxStartError(f"sandbox {cid[:12]} not ready in {READY_TIMEOUT_S}s") from exc
+            raise
+
+    async def pause(self, sandbox: DockerSandbox) -> None:  # type: ignore[override]
+        await self.client.pause(sandbox.id)
+        sandbox.paused = True
+
+    async def unpause(self, sandbox: DockerSandbox) -> None:  # type: ignore[override]
+        await self.client.unpause(sandbox.id)
+        sandbox.paused = False
+
+    async def destroy(self, sandbox: DockerSandbox) -> None:  # type: ignore[override]
+        with trio.CancelScope(shield=True):
+            sandbox.killed_by_us = True
+            await sandbox._stream.aclose()
+            if sandbox.paused:
+                try:
+                    with trio.move_on_after(10):
+                        await self.client.unpause(sandbox.id)
+                except PoolError:
+                    pass
+            await self._remove(sandbox.id)
+            self._events.pop(sandbox.id, None)
+
+    async def _remove(self, cid: str) -> None:
+        """Kill and remove with a time-out and retries. Never raises."""
+        for attempt in range(3):
+            try:
+                with trio.fail_after(DESTROY_TIMEOUT_S):
+                    await self.client.remove(cid, force=True, timeout_s=DESTROY_TIMEOUT_S)
+                return
+            except NotFound:
+                return
+            except (PoolError, trio.TooSlowError) as exc:
+                log.warning("remove %s failed (attempt %d): %s", cid[:12], attempt + 1, exc)
+                await trio.sleep(0.5 * (attempt + 1))
+
+    def _reap_orphans(self, cid: str) -> None:
+        """Kill any runsc process left behind for ``cid`` (after a failed start)."""
+        for pid in _runsc_pids(cid):
+            try:
+                os.kill(pid, signal_mod.SIGKILL)
+                log.warning("killed orphaned runsc process %d of %s", pid, cid[:12])
+            except OSError:
+                pass
+
+    async def remove_leftovers(self) -> int:
+        containers = await self.client.list_containers([f"{OWNER_LABEL}={self.owner}"])
+        async with trio.open_nursery() as nursery:
+            for c in containers:
+                nursery.start_soon(self._remove_leftover, c)
+        for c in containers:
+            self._reap_orphans(c["Id"])
+        return len(containers)
+
+    async def _remove_leftover(self, c: dict[str, Any]) -> None:
+        if c.get("State") == "paused":
+            try:
+                await self.client.unpause(c["Id"])
+            except PoolError:
+                pass
+        await self._remove(c["Id"])
+
+
+def _runsc_pids(cid: str) -> list[int]:
+    pids = []
+    needle = cid.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"runsc" in cmdline.split(b"\0", 1)[0] + cmdline[:200] and needle in cmdline:
+            pids.append(int(entry))
+    return pids
+
+

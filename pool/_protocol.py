@@ -1,0 +1,148 @@
+"""The frames between the host and a sandbox's supervisor, and the backend Protocol.
+
+Frames, both directions: 1 type byte, 4-byte big-endian length, payload.
+See ``images/supervisor/supervisor.c`` for the other side.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from ._errors import ProtocolError
+
+MAX_FRAME = 1 << 20  # the supervisor sends at most 64 KiB per output frame
+
+
+@dataclass(frozen=True)
+class Output:
+    """A chunk the program wrote: ``stream`` is ``"stdout"`` or ``"stderr"``."""
+
+    stream: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The supervisor's report of how the program ended.
+
+    ``signal`` is set when the program was killed by a signal; otherwise ``code``
+    is its exit status.  ``authentic`` is False when the nonce did not match:
+    the program forged the frame.
+    """
+
+    code: int | None
+    signal: int | None
+    authentic: bool
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The sandbox's stdio closed without a report: the sandbox itself ended."""
+
+
+@dataclass(frozen=True)
+class DeathInfo:
+    """Why a sandbox ended without its supervisor's report, from the engine.
+
+    ``oom``: the memory limit killed it.  ``killed_by_us``/``killed_externally``:
+    a ``kill`` event we did or did not ask for.  ``exit_code`` is the container's.
+    """
+
+    exit_code: int | None
+    oom: bool
+    killed_by_us: bool
+    killed_externally: bool
+    engine_lost: bool = False
+
+
+Event = Output | Exited | Gone
+
+
+def encode_run(nonce: bytes, output_limit: int, code: bytes, stdin: bytes) -> bytes:
+    payload = nonce + struct.pack(">II", output_limit, len(code)) + code + stdin
+    return b"R" + struct.pack(">I", len(payload)) + payload
+
+
+def encode_signal(signo: int) -> bytes:
+    return b"K" + struct.pack(">IB", 1, signo)
+
+
+class FrameDecoder:
+    """Turns the supervisor's byte stream into frames; rejects anything malformed."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        self._buf += data
+        frames = []
+        while len(self._buf) >= 5:
+            kind = bytes(self._buf[:1])
+            (length,) = struct.unpack(">I", self._buf[1:5])
+            if kind not in b"YOEXF" or length > MAX_FRAME:
+                raise ProtocolError(f"bad frame header {kind!r} {length}")
+            if len(self._buf) < 5 + length:
+                break
+            frames.append((kind, bytes(self._buf[5 : 5 + length])))
+            del self._buf[: 5 + length]
+        return frames
+
+
+def decode_exit(payload: bytes, nonce: bytes) -> Exited:
+    if len(payload) != 21 or payload[16:17] not in (b"e", b"s"):
+        raise ProtocolError("bad exit frame")
+    (value,) = struct.unpack(">I", payload[17:21])
+    authentic = payload[:16] == nonce
+    if payload[16:17] == b"s":
+        return Exited(code=None, signal=value, authentic=authentic)
+    return Exited(code=value, signal=None, authentic=authentic)
+
+
+class Sandbox(Protocol):
+    """One started, ready sandbox. Used once, then destroyed."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def language(self) -> str: ...
+
+    @property
+    def image(self) -> str: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+    async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
+        """Hand the program to the waiting supervisor."""
+
+    async def send_signal(self, signo: int) -> None:
+        """Signal the program's whole process group."""
+
+    async def receive_event(self) -> Event:
+        """The next output chunk, the exit report, or Gone."""
+
+    async def death_info(self) -> DeathInfo:
+        """Ask the engine why this sandbox ended (after :class:`Gone`)."""
+
+
+class Backend(Protocol):
+    """Makes and destroys sandboxes. The Docker one and a fake implement it."""
+
+    async def start_sandbox(self, language: str, image: str) -> Sandbox:
+        """Create, attach, start and wait until ready; clean up on any failure."""
+
+    async def pause(self, sandbox: Sandbox) -> None: ...
+
+    async def unpause(self, sandbox: Sandbox) -> None: ...
+
+    async def destroy(self, sandbox: Sandbox) -> None:
+        """Unpause if needed, kill, remove; with a time-out and a retry. Never raises."""
+
+    async def remove_leftovers(self) -> int:
+        """Remove this instance's containers from an earlier life; returns the count."""
+
+    async def wait_engine(self) -> None:
+        """Return once the engine answers."""

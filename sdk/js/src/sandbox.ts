@@ -1,0 +1,143 @@
+import { NetworkError, RequestTimeoutError } from "./errors.js";
+import { parseResponse, prepareRun, type RunRequest } from "./http.js";
+import { isRetryable, retryDelayMs, sleep } from "./retry.js";
+import type { RunOptions, RunResult, SandboxOptions } from "./types.js";
+
+/** The production API root. */
+export const DEFAULT_BASE_URL = "https://api.cinch.codes";
+const DEFAULT_TIMEOUT_MS = 30_000;
+const DEFAULT_MAX_RETRIES = 2;
+
+interface Env {
+  CINCH_API_KEY?: string;
+  CINCH_BASE_URL?: string;
+}
+
+/**
+ * Runs code in Cinch sandboxes over HTTP, with `fetch`.
+ *
+ * ```ts
+ * const box = new Sandbox(); // key from CINCH_API_KEY
+ * const result = await box.run("print(2 + 2)");
+ * result.stdout; // "4\n"
+ * ```
+ */
+export class Sandbox {
+  readonly baseUrl: string;
+  readonly timeoutMs: number;
+  readonly maxRetries: number;
+  readonly #apiKey: string;
+
+  /**
+   * @throws {Error} In a browser, unless `allowBrowser` is set.
+   * @throws {TypeError} If no API key is given or found in the environment.
+   */
+  constructor(options: SandboxOptions = {}) {
+    if (isBrowser() && !options.allowBrowser) {
+      throw new Error(
+        "Cinch Sandbox refuses to run in a browser: API keys must stay server-side. " +
+          "Call Cinch from your backend, or pass allowBrowser: true if you really mean it.",
+      );
+    }
+    const env = readEnv();
+    const apiKey = options.apiKey || env.CINCH_API_KEY;
+    if (!apiKey) {
+      throw new TypeError("apiKey is required (pass it or set CINCH_API_KEY)");
+    }
+    const maxRetries = options.maxRetries ?? DEFAULT_MAX_RETRIES;
+    if (!Number.isInteger(maxRetries) || maxRetries < 0) {
+      throw new TypeError("maxRetries must be a non-negative integer");
+    }
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!(timeoutMs > 0)) throw new TypeError("timeoutMs must be a positive number");
+
+    this.#apiKey = apiKey;
+    this.baseUrl = (options.baseUrl || env.CINCH_BASE_URL || DEFAULT_BASE_URL).replace(/\/+$/, "");
+    this.timeoutMs = timeoutMs;
+    this.maxRetries = maxRetries;
+  }
+
+  /**
+   * Runs `code` in a fresh sandbox and resolves with its output.
+   *
+   * A program that fails (non-zero exit, timeout, killed) still resolves;
+   * only a failed request rejects, with a {@link CinchError} subclass.
+   * HTTP 429, HTTP 503 and network failures are retried up to `maxRetries`
+   * times with the same Idempotency-Key.
+   */
+  async run(code: string, options: RunOptions = {}): Promise<RunResult> {
+    const request = prepareRun({
+      baseUrl: this.baseUrl,
+      apiKey: this.#apiKey,
+      code,
+      language: options.language ?? "python",
+      stdin: options.stdin,
+      idempotencyKey: options.idempotencyKey,
+    });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.#attempt(request, options.signal);
+      } catch (error) {
+        if (attempt >= this.maxRetries || !isRetryable(error)) throw error;
+        await sleep(retryDelayMs(attempt, error), options.signal);
+      }
+    }
+  }
+
+  /** Keeps the key out of logs and `console.log(box)`. */
+  toJSON(): Record<string, unknown> {
+    return { baseUrl: this.baseUrl, timeoutMs: this.timeoutMs, maxRetries: this.maxRetries };
+  }
+
+  async #attempt(request: RunRequest, signal: AbortSignal | undefined): Promise<RunResult> {
+    signal?.throwIfAborted();
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.timeoutMs);
+    const onAbort = (): void => controller.abort(signal?.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      const response = await fetch(request.url, {
+        method: "POST",
+        headers: request.headers,
+        body: request.body,
+        signal: controller.signal,
+      });
+      const text = await response.text();
+      return parseResponse(response.status, response.headers, text);
+    } catch (error) {
+      if (timedOut) {
+        throw new RequestTimeoutError(`request timed out after ${this.timeoutMs} ms`, {
+          cause: error,
+        });
+      }
+      if (signal?.aborted) throw signal.reason;
+      if (error instanceof TypeError) {
+        throw new NetworkError(`network error: ${describe(error)}`, { cause: error });
+      }
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+}
+
+function isBrowser(): boolean {
+  return typeof window !== "undefined" && typeof document !== "undefined";
+}
+
+function readEnv(): Env {
+  const proc = (globalThis as { process?: { env?: Env } }).process;
+  return proc?.env ?? {};
+}
+
+/** The most specific message of a fetch failure (Node puts it in `cause`). */
+function describe(error: Error): string {
+  const cause = error.cause;
+  if (cause instanceof Error && cause.message) return cause.message;
+  return error.message;
+}

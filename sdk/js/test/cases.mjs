@@ -1,0 +1,313 @@
+// The unit-test suite, run once against each build (ESM and CommonJS).
+import assert from "node:assert/strict";
+import { after, afterEach, before, beforeEach, describe, it } from "node:test";
+
+import { FakeApi, refusedUrl, successBody } from "./fake-api.mjs";
+
+const KEY = "cinch_live_0123456789abcdef";
+const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+/**
+ * Defines the suite for one build of the SDK.
+ * @param {string} label Name of the build.
+ * @param {typeof import("../dist/esm/index.js")} sdk The loaded module.
+ */
+export function defineSuite(label, sdk) {
+  const {
+    AuthenticationError,
+    BadRequestError,
+    CinchError,
+    ConflictError,
+    InsufficientCreditsError,
+    NetworkError,
+    RateLimitError,
+    RequestTimeoutError,
+    Sandbox,
+    ServiceUnavailableError,
+  } = sdk;
+
+  describe(`@cinch/sdk (${label})`, () => {
+    /** @type {FakeApi} */
+    let api;
+    const box = (options = {}) => new Sandbox({ apiKey: KEY, baseUrl: api.baseUrl, ...options });
+
+    before(async () => {
+      api = await new FakeApi().start();
+    });
+    after(() => api.stop());
+    beforeEach(() => {
+      api.replies.length = 0;
+      api.requests.length = 0;
+    });
+
+    describe("success", () => {
+      it("maps every field", async () => {
+        api.script({
+          body: successBody({ stdout: "hi\n", stderr: "warn\n", durationMs: 17, queueMs: 5 }),
+          headers: { "X-Request-Id": "req_1", "X-Credits-Remaining": "9950" },
+        });
+
+        const result = await box().run("print('hi')", { stdin: "input\n" });
+
+        assert.deepEqual(result, {
+          stdout: "hi\n",
+          stderr: "warn\n",
+          exitCode: 0,
+          timedOut: false,
+          durationMs: 17,
+          termination: "exited",
+          signal: null,
+          truncated: false,
+          queueMs: 5,
+          creditsCharged: 1,
+          creditsRemaining: 9950,
+          requestId: "req_1",
+        });
+      });
+
+      it("sends the documented request", async () => {
+        api.script({ body: successBody() });
+
+        await box().run("console.log(1)", { language: "javascript", stdin: "x" });
+
+        const [request] = api.requests;
+        assert.equal(request.method, "POST");
+        assert.equal(request.path, "/run");
+        assert.equal(request.headers.authorization, `Bearer ${KEY}`);
+        assert.equal(request.headers["content-type"], "application/json");
+        assert.match(request.headers["idempotency-key"], UUID_V4);
+        assert.deepEqual(request.body, { code: "console.log(1)", language: "javascript", stdin: "x" });
+      });
+
+      it("omits stdin and defaults to python", async () => {
+        api.script({ body: successBody() });
+        await box().run("print(1)");
+        assert.deepEqual(api.requests[0].body, { code: "print(1)", language: "python" });
+      });
+
+      it("uses a fresh idempotency key per run, or the caller's", async () => {
+        api.script({ body: successBody() }, { body: successBody() }, { body: successBody() });
+        const sandbox = box();
+        await sandbox.run("print(1)");
+        await sandbox.run("print(1)");
+        await sandbox.run("print(1)", { idempotencyKey: "order-42" });
+        const keys = api.requests.map((r) => r.headers["idempotency-key"]);
+        assert.notEqual(keys[0], keys[1]);
+        assert.equal(keys[2], "order-42");
+      });
+
+      it("treats a non-zero exit as a result", async () => {
+        api.script({
+          body: successBody({
+            stdout: "",
+            exitCode: 137,
+            termination: "signal",
+            signal: "SIGKILL",
+            truncated: true,
+          }),
+        });
+        const result = await box().run("import os; os.abort()");
+        assert.equal(result.exitCode, 137);
+        assert.equal(result.signal, "SIGKILL");
+        assert.equal(result.truncated, true);
+      });
+
+      it("defaults missing optional fields to null", async () => {
+        api.script({ body: { stdout: "", stderr: "", exitCode: null, timedOut: true, durationMs: 5 } });
+        const result = await box().run("while True: pass");
+        assert.equal(result.exitCode, null);
+        assert.equal(result.timedOut, true);
+        assert.equal(result.termination, null);
+        assert.equal(result.creditsRemaining, null);
+        assert.equal(result.requestId, null);
+      });
+
+      it("rejects a malformed success body", async () => {
+        api.script({ body: "not json" });
+        await assert.rejects(box().run("print(1)"), (err) => {
+          assert.ok(err instanceof CinchError);
+          assert.equal(err.status, 200);
+          assert.match(err.message, /invalid response/);
+          return true;
+        });
+      });
+    });
+
+    describe("errors", () => {
+      const cases = [
+        [400, BadRequestError],
+        [401, AuthenticationError],
+        [402, InsufficientCreditsError],
+        [404, CinchError],
+        [405, CinchError],
+        [409, ConflictError],
+        [413, BadRequestError],
+        [500, CinchError],
+      ];
+      for (const [status, ErrorClass] of cases) {
+        it(`maps HTTP ${status} to ${ErrorClass.name} without retrying`, async () => {
+          api.script({ status, body: { error: `nope ${status}` }, headers: { "X-Request-Id": "req_e" } });
+          await assert.rejects(box().run("print(1)"), (err) => {
+            assert.equal(Object.getPrototypeOf(err), ErrorClass.prototype);
+            assert.ok(err instanceof CinchError && err instanceof Error);
+            assert.equal(err.name, ErrorClass.name);
+            assert.equal(err.message, `nope ${status}`);
+            assert.equal(err.status, status);
+            assert.equal(err.requestId, "req_e");
+            return true;
+          });
+          assert.equal(api.requests.length, 1);
+        });
+      }
+
+      it("makes ConflictError a BadRequestError", () => {
+        assert.ok(new ConflictError("x") instanceof BadRequestError);
+      });
+
+      it("falls back to the status when the body has no error", async () => {
+        api.script({ status: 500, body: "<html>oops</html>" });
+        await assert.rejects(box().run("print(1)"), { name: "CinchError", message: "HTTP 500" });
+      });
+
+      for (const [status, ErrorClass] of [
+        [429, RateLimitError],
+        [503, ServiceUnavailableError],
+      ]) {
+        it(`exposes retryAfter on HTTP ${status}`, async () => {
+          api.script({ status, body: { error: "later" }, headers: { "Retry-After": "7" } });
+          await assert.rejects(box({ maxRetries: 0 }).run("print(1)"), (err) => {
+            assert.ok(err instanceof ErrorClass);
+            assert.equal(err.retryAfter, 7);
+            assert.equal(err.status, status);
+            return true;
+          });
+          assert.equal(api.requests.length, 1);
+        });
+      }
+    });
+
+    describe("retries", () => {
+      it("retries 503 then succeeds, with the same idempotency key", async () => {
+        api.script(
+          { status: 503, body: { error: "no capacity" }, headers: { "Retry-After": "0" } },
+          { body: successBody(), headers: { "X-Credits-Remaining": "99" } },
+        );
+        const result = await box().run("print(2 + 2)");
+        assert.equal(result.stdout, "4\n");
+        assert.equal(result.creditsRemaining, 99);
+        const [first, second] = api.requests;
+        assert.equal(first.headers["idempotency-key"], second.headers["idempotency-key"]);
+        assert.deepEqual(first.body, second.body);
+      });
+
+      it("waits for Retry-After on 429", async () => {
+        api.script(
+          { status: 429, body: { error: "slow down" }, headers: { "Retry-After": "1" } },
+          { body: successBody() },
+        );
+        const started = Date.now();
+        await box().run("print(1)");
+        assert.ok(Date.now() - started >= 950, "waited less than Retry-After");
+        assert.equal(api.requests.length, 2);
+      });
+
+      it("gives up after maxRetries", async () => {
+        const busy = { status: 503, body: { error: "busy" }, headers: { "Retry-After": "0" } };
+        api.script(busy, busy, busy);
+        await assert.rejects(box().run("print(1)"), ServiceUnavailableError);
+        assert.equal(api.requests.length, 3);
+        assert.equal(new Set(api.requests.map((r) => r.headers["idempotency-key"])).size, 1);
+      });
+
+      it("retries a refused connection, then throws NetworkError", async () => {
+        const sandbox = new Sandbox({ apiKey: KEY, baseUrl: await refusedUrl(), maxRetries: 1 });
+        const started = Date.now();
+        await assert.rejects(sandbox.run("print(1)"), (err) => {
+          assert.ok(err instanceof NetworkError);
+          assert.ok(!(err instanceof RequestTimeoutError));
+          assert.equal(err.status, null);
+          assert.match(err.message, /^network error: /);
+          return true;
+        });
+        assert.ok(Date.now() - started >= 240, "no back-off before the retry");
+      });
+
+      it("does not retry a timeout", async () => {
+        api.script({ body: successBody(), delayMs: 500 });
+        await assert.rejects(box({ timeoutMs: 100 }).run("print(1)"), RequestTimeoutError);
+        assert.equal(api.requests.length, 1);
+      });
+
+      it("stops when the caller aborts", async () => {
+        api.script({ body: successBody(), delayMs: 500 });
+        const controller = new AbortController();
+        setTimeout(() => controller.abort(), 50);
+        await assert.rejects(box().run("print(1)", { signal: controller.signal }), {
+          name: "AbortError",
+        });
+      });
+    });
+
+    describe("configuration", () => {
+      const saved = { ...process.env };
+      afterEach(() => {
+        for (const name of ["CINCH_API_KEY", "CINCH_BASE_URL"]) {
+          if (saved[name] === undefined) delete process.env[name];
+          else process.env[name] = saved[name];
+        }
+      });
+
+      it("reads CINCH_API_KEY and CINCH_BASE_URL", async () => {
+        process.env.CINCH_API_KEY = "cinch_live_fromenv";
+        process.env.CINCH_BASE_URL = `${api.baseUrl}/`;
+        api.script({ body: successBody() });
+        const sandbox = new Sandbox();
+        await sandbox.run("print(1)");
+        assert.equal(sandbox.baseUrl, api.baseUrl);
+        assert.equal(api.requests[0].headers.authorization, "Bearer cinch_live_fromenv");
+      });
+
+      it("prefers explicit options", () => {
+        process.env.CINCH_API_KEY = "cinch_live_fromenv";
+        process.env.CINCH_BASE_URL = "http://127.0.0.1:1";
+        const sandbox = new Sandbox({ apiKey: KEY, baseUrl: "http://127.0.0.1:2" });
+        assert.equal(sandbox.baseUrl, "http://127.0.0.1:2");
+      });
+
+      it("defaults the base URL", () => {
+        delete process.env.CINCH_BASE_URL;
+        assert.equal(new Sandbox({ apiKey: KEY }).baseUrl, "https://api.cinch.codes");
+      });
+
+      it("requires an API key", () => {
+        delete process.env.CINCH_API_KEY;
+        assert.throws(() => new Sandbox(), { name: "TypeError", message: /CINCH_API_KEY/ });
+      });
+
+      it("validates arguments", async () => {
+        const sandbox = new Sandbox({ apiKey: KEY });
+        await assert.rejects(sandbox.run(""), TypeError);
+        await assert.rejects(sandbox.run(undefined), TypeError);
+        await assert.rejects(sandbox.run("print(1)", { stdin: 5 }), TypeError);
+        assert.throws(() => new Sandbox({ apiKey: KEY, maxRetries: -1 }), TypeError);
+        assert.throws(() => new Sandbox({ apiKey: KEY, timeoutMs: 0 }), TypeError);
+      });
+
+      it("keeps the key out of JSON", () => {
+        assert.ok(!JSON.stringify(new Sandbox({ apiKey: KEY })).includes(KEY));
+      });
+
+      it("refuses to run in a browser unless allowed", () => {
+        globalThis.window = {};
+        globalThis.document = {};
+        try {
+          assert.throws(() => new Sandbox({ apiKey: KEY }), /API keys must stay server-side/);
+          assert.ok(new Sandbox({ apiKey: KEY, allowBrowser: true }));
+        } finally {
+          delete globalThis.window;
+          delete globalThis.document;
+        }
+      });
+    });
+  });
+}
