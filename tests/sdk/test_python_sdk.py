@@ -284,6 +284,14 @@ def test_connection_refused_is_retried_then_raised(
     assert no_backoff == [0.25, 0.5, 1.0]
 
 
+@pytest.mark.parametrize("base_url", ["api.cinch.codes", "ftp://127.0.0.1", "http://"])
+def test_unusable_base_url_fails_fast(base_url: str, no_backoff: list[float]) -> None:
+    with pytest.raises(CinchError, match="invalid base_url") as info:
+        Sandbox(KEY, base_url).run("print(1)")
+    assert not isinstance(info.value, NetworkError)
+    assert no_backoff == []
+
+
 def test_read_timeout_is_not_retried(server: ScriptedServer) -> None:
     server.script(Reply(200, success_body(), delay=0.5))
 

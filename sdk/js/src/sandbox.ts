@@ -30,7 +30,8 @@ export class Sandbox {
 
   /**
    * @throws {Error} In a browser, unless `allowBrowser` is set.
-   * @throws {TypeError} If no API key is given or found in the environment.
+   * @throws {TypeError} If no API key is given or found in the environment, or the
+   *   base URL is not an http(s) URL.
    */
   constructor(options: SandboxOptions = {}) {
     if (isBrowser() && !options.allowBrowser) {
@@ -51,8 +52,13 @@ export class Sandbox {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (!(timeoutMs > 0)) throw new TypeError("timeoutMs must be a positive number");
 
+    const baseUrl = (options.baseUrl || env.CINCH_BASE_URL || DEFAULT_BASE_URL).replace(/\/+$/, "");
+    if (!isHttpUrl(baseUrl)) {
+      throw new TypeError(`baseUrl must be an http(s) URL, got ${JSON.stringify(baseUrl)}`);
+    }
+
     this.#apiKey = apiKey;
-    this.baseUrl = (options.baseUrl || env.CINCH_BASE_URL || DEFAULT_BASE_URL).replace(/\/+$/, "");
+    this.baseUrl = baseUrl;
     this.timeoutMs = timeoutMs;
     this.maxRetries = maxRetries;
   }
@@ -84,7 +90,7 @@ export class Sandbox {
     }
   }
 
-  /** Keeps the key out of logs and `console.log(box)`. */
+  /** The public settings; the API key is a private field and never serialised. */
   toJSON(): Record<string, unknown> {
     return { baseUrl: this.baseUrl, timeoutMs: this.timeoutMs, maxRetries: this.maxRetries };
   }
@@ -128,6 +134,15 @@ export class Sandbox {
 
 function isBrowser(): boolean {
   return typeof window !== "undefined" && typeof document !== "undefined";
+}
+
+function isHttpUrl(value: string): boolean {
+  try {
+    const { protocol, host } = new URL(value);
+    return (protocol === "http:" || protocol === "https:") && host !== "";
+  } catch {
+    return false;
+  }
 }
 
 function readEnv(): Env {

@@ -291,6 +291,9 @@ export function defineSuite(label, sdk) {
         await assert.rejects(sandbox.run("print(1)", { stdin: 5 }), TypeError);
         assert.throws(() => new Sandbox({ apiKey: KEY, maxRetries: -1 }), TypeError);
         assert.throws(() => new Sandbox({ apiKey: KEY, timeoutMs: 0 }), TypeError);
+        for (const baseUrl of ["api.cinch.codes", "ftp://127.0.0.1", "http://"]) {
+          assert.throws(() => new Sandbox({ apiKey: KEY, baseUrl }), /baseUrl must be/);
+        }
       });
 
       it("keeps the key out of JSON", () => {

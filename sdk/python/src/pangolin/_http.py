@@ -115,19 +115,23 @@ def parse_response(response: httpx.Response) -> SandboxResult:
     return _result_from_json(data, response.headers, request_id)
 
 
-def network_error(exc: httpx.TransportError) -> NetworkError:
-    """Maps an httpx transport failure to the SDK's exception.
+def transport_error(exc: httpx.TransportError | httpx.InvalidURL) -> CinchError:
+    """Maps an httpx failure to get a response to the SDK's exception.
 
     Args:
         exc: The exception raised by httpx.
 
     Returns:
-        A :class:`RequestTimeoutError` for read/write timeouts, otherwise a
-        :class:`NetworkError` (connection refused, reset, DNS, connect timeout).
+        A :class:`RequestTimeoutError` for read/write timeouts, a plain
+        :class:`CinchError` for an unusable ``base_url`` (never retried), and
+        otherwise a :class:`NetworkError` (connection refused, reset, DNS,
+        connect timeout).
     """
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
         return RequestTimeoutError(f"request timed out: {reason}")
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+        return CinchError(f"invalid base_url: {reason}")
     return NetworkError(f"network error: {reason}")
 
 

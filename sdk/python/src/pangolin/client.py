@@ -15,7 +15,7 @@ from types import TracebackType
 import httpx
 
 from ._base import DEFAULT_BASE_URL, SandboxBase
-from ._http import RunRequest, network_error, parse_response
+from ._http import RunRequest, parse_response, transport_error
 from ._retry import is_retryable, retry_delay
 from .errors import CinchError
 from .models import SandboxResult
@@ -125,6 +125,6 @@ class Sandbox(SandboxBase):
                 content=request.content,
                 timeout=self.timeout,
             )
-        except httpx.TransportError as exc:
-            raise network_error(exc) from exc
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise transport_error(exc) from exc
         return parse_response(response)
