@@ -1,4 +1,4 @@
-import { NetworkError, RequestTimeoutError } from "./errors.js";
+import { CinchError, NetworkError, RequestTimeoutError } from "./errors.js";
 import { parseResponse, prepareRun, type RunRequest } from "./http.js";
 import { isRetryable, retryDelayMs, sleep } from "./retry.js";
 import type { RunOptions, RunResult, SandboxOptions } from "./types.js";
@@ -115,6 +115,7 @@ export class Sandbox {
       const text = await response.text();
       return parseResponse(response.status, response.headers, text);
     } catch (error) {
+      if (error instanceof CinchError) throw error; // an HTTP error status, already mapped
       if (timedOut) {
         throw new RequestTimeoutError(`request timed out after ${this.timeoutMs} ms`, {
           cause: error,
