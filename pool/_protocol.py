@@ -112,9 +112,6 @@ class Sandbox(Protocol):
     @property
     def image(self) -> str: ...
 
-    @property
-    def created_at(self) -> float: ...
-
     async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
         """Hand the program to the waiting supervisor."""
 

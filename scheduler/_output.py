@@ -1,0 +1,52 @@
+"""The output cap: stdout and stderr together, counted in raw bytes before decoding."""
+
+from __future__ import annotations
+
+
+def _complete_utf8_prefix(data: bytes) -> bytes:
+    """``data`` without a trailing incomplete UTF-8 sequence (cut at a byte limit)."""
+    # Look back at most 3 bytes for the lead byte of the last sequence.
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead
+            continue
+        if byte & 0x80 == 0:  # ASCII: complete
+            return data
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        return data if back >= need else data[:-back]
+    return data
+
+
+class OutputCollector:
+    """Collects a run's output up to ``limit`` bytes in all.
+
+    :meth:`add` returns False once the limit is passed: the run must stop.  The
+    stream that crossed the limit is cut at it, and the cut moved back before an
+    incomplete UTF-8 sequence, so a character is never split in half.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self.truncated = False
+        self._parts: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+
+    def add(self, stream: str, data: bytes) -> bool:
+        if self.truncated:
+            return False
+        room = self.limit - self.total
+        if len(data) > room:
+            kept = _complete_utf8_prefix(data[:room])
+            self._parts[stream].append(kept)
+            self.total += len(kept)
+            self.truncated = True
+            return False
+        self._parts[stream].append(data)
+        self.total += len(data)
+        return True
+
+    def decode(self) -> tuple[str, str]:
+        return (
+            b"".join(self._parts["stdout"]).decode("utf-8", "replace"),
+            b"".join(self._parts["stderr"]).decode("utf-8", "replace"),
+        )

@@ -1,0 +1,323 @@
+"""Policy: admission, one fresh sandbox per run, deadlines, output caps, always destroy."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal as signal_mod
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from pool import (
+    EngineUnavailable,
+    Exited,
+    Gone,
+    Output,
+    PoolError,
+    ProtocolError,
+    Sandbox,
+    WarmPool,
+)
+from pool import NoCapacity as PoolNoCapacity
+
+from ._errors import NoCapacity, ShuttingDown, UnknownLanguage
+from ._output import OutputCollector
+from ._types import Budget, RunRequest, RunResult, Termination
+
+log = logging.getLogger("cinch.scheduler")
+
+SIGINT_GRACE_S = 0.1  # SIGINT at the deadline, SIGKILL this much later
+KILL_WAIT_S = 2.0  # after SIGKILL, how long we wait for the report before giving up
+BUDGET_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Admission and run policy. Units are in the names."""
+
+    queue_timeout_s: float = 3.0
+    queue_max: int = 64
+    max_run_timeout_s: float = 10.0
+    destroy_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class SchedulerStatistics:
+    """A snapshot of the scheduler (see :meth:`Scheduler.statistics`)."""
+
+    in_flight: int
+    queued: int
+    accepting: bool
+    runs_total: Mapping[tuple[str, str], int]
+    rejected_total: Mapping[str, int]
+    warm_hits_total: int
+    queued_runs_total: int
+    destroying: int
+
+
+@dataclass
+class _RunState:
+    stopped: Termination | None = None
+    kill_sent_at: float | None = None
+    scope: trio.CancelScope | None = None
+
+
+@dataclass
+class _Counters:
+    runs: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    warm_hits: int = 0
+    queued_runs: int = 0
+
+
+class Scheduler:
+    """Runs programs in warm sandboxes. Start with ``await nursery.start(scheduler.serve)``."""
+
+    def __init__(self, pools: Mapping[str, WarmPool], config: SchedulerConfig | None = None):
+        self._pools = dict(pools)
+        self.config = config or SchedulerConfig()
+        self._in_flight = 0
+        self._queued = 0
+        self._destroying = 0
+        self._accepting = True
+        self._idle = trio.Event()
+        self._idle.set()
+        self._counters = _Counters()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self._pools)
+
+    def pool(self, language: str) -> WarmPool:
+        return self._pools[language]
+
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            in_flight=self._in_flight,
+            queued=self._queued,
+            accepting=self._accepting,
+            runs_total=dict(self._counters.runs),
+            rejected_total=dict(self._counters.rejected),
+            warm_hits_total=self._counters.warm_hits,
+            queued_runs_total=self._counters.queued_runs,
+            destroying=self._destroying,
+        )
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background destroys; returns when cancelled, after they finish."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def stop_accepting(self) -> None:
+        """New runs get :class:`ShuttingDown`; runs in flight go on."""
+        self._accepting = False
+
+    async def wait_idle(self) -> None:
+        """Return once no run is in flight."""
+        await self._idle.wait()
+
+    async def run(self, request: RunRequest, budget: Budget | None = None) -> RunResult:
+        """Run ``request`` in a fresh sandbox and destroy it afterwards, whatever happens.
+
+        Raises:
+            UnknownLanguage: no pool for ``request.language``.
+            NoCapacity: no sandbox within the queue time-out, or the queue is full.
+            ShuttingDown: the scheduler is draining.
+        """
+        if not self._accepting:
+            raise ShuttingDown("Cinch is restarting; retry in a moment")
+        pool = self._pools.get(request.language)
+        if pool is None:
+            raise UnknownLanguage(f"unsupported language {request.language!r}")
+        t_queue = trio.current_time()
+        warm = pool.statistics().ready > 0
+        if not warm and self._queued >= self.config.queue_max:
+            self._counters.rejected["queue_full"] += 1
+            raise NoCapacity("too many runs are waiting for a sandbox", retry_after_s=1.0)
+        self._queued += 1
+        try:
+            sandbox = await pool.take(self.config.queue_timeout_s)
+        except PoolNoCapacity as exc:
+            self._counters.rejected["queue_timeout"] += 1
+            raise NoCapacity(str(exc), retry_after_s=1.0) from exc
+        finally:
+            self._queued -= 1
+        if warm:
+            self._counters.warm_hits += 1
+        else:
+            self._counters.queued_runs += 1
+        queue_ms = round((trio.current_time() - t_queue) * 1000)
+        self._in_flight += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
+            result = await self._execute(pool, sandbox, request, budget, queue_ms)
+        finally:
+            self._destroy_later(pool, sandbox)
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        self._counters.runs[(request.language, result.termination.value)] += 1
+        return result
+
+    def _destroy_later(self, pool: WarmPool, sandbox: Sandbox) -> None:
+        """Destroy off the request path; the answer does not wait for the teardown."""
+        if self._nursery is None:
+            raise RuntimeError("Scheduler.serve() is not running")
+        self._nursery.start_soon(self._destroy, pool, sandbox)
+
+    async def _destroy(self, pool: WarmPool, sandbox: Sandbox) -> None:
+        self._destroying += 1
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.destroy_timeout_s):
+                await pool.release(sandbox)
+        finally:
+            self._destroying -= 1
+
+    async def _execute(
+        self,
+        pool: WarmPool,
+        sandbox: Sandbox,
+        request: RunRequest,
+        budget: Budget | None,
+        queue_ms: int,
+    ) -> RunResult:
+        timeout_s = min(request.timeout_s, self.config.max_run_timeout_s)
+        collector = OutputCollector(request.output_limit_bytes)
+        state = _RunState()
+        nonce = os.urandom(16)
+        code = request.code.encode("utf-8", "surrogatepass")
+        stdin = request.stdin.encode("utf-8", "surrogatepass")
+        t0 = trio.current_time()
+        end: Exited | Gone | None = None
+        engine_lost = False
+        try:
+            await sandbox.send_run(code, stdin, nonce, request.output_limit_bytes)
+            async with trio.open_nursery() as nursery:
+                state.scope = nursery.cancel_scope
+                nursery.start_soon(self._enforce_deadline, sandbox, state, t0 + timeout_s)
+                if budget is not None:
+                    nursery.start_soon(self._enforce_budget, sandbox, state, budget, t0)
+                end = await self._read_until_end(sandbox, collector, state)
+                nursery.cancel_scope.cancel()
+        except EngineUnavailable as exc:
+            log.warning("run %s: engine lost: %s", request.request_id, exc)
+            engine_lost = True
+        t_end = trio.current_time()
+        if state.stopped is not None and state.kill_sent_at is not None:
+            # Bill up to our kill, not up to however long the sandbox took to die.
+            t_end = min(t_end, state.kill_sent_at + SIGINT_GRACE_S)
+        duration_ms = max(0, round((t_end - t0) * 1000))
+        stdout, stderr = collector.decode()
+        termination, exit_code, signame, billable = await self._classify(
+            sandbox, state, end, engine_lost, collector.truncated
+        )
+        return RunResult(
+            stdout=stdout,
+            stderr=stderr,
+            exit_code=exit_code,
+            termination=termination,
+            signal=signame,
+            truncated=collector.truncated,
+            duration_ms=duration_ms,
+            queue_ms=queue_ms,
+            billable=billable,
+            language=request.language,
+            sandbox_id=sandbox.id,
+        )
+
+    async def _read_until_end(
+        self, sandbox: Sandbox, collector: OutputCollector, state: _RunState
+    ) -> Exited | Gone | None:
+        while True:
+            try:
+                event = await sandbox.receive_event()
+            except ProtocolError as exc:
+                # Only the program can corrupt the frame stream (via /proc/1/fd/1).
+                log.info("sandbox %s: %s", sandbox.id[:12], exc)
+                return None
+            if isinstance(event, Output):
+                if not collector.add(event.stream, event.data):
+                    state.stopped = state.stopped or Termination.OUTPUT_LIMIT
+                    return None
+            elif isinstance(event, Exited):
+                if event.authentic:
+                    return event
+                # A forged report: ignore it and wait for the real one.
+            else:
+                return event
+
+    async def _enforce_deadline(self, sandbox: Sandbox, state: _RunState, deadline: float) -> None:
+        await trio.sleep_until(deadline)
+        if state.stopped is None:
+            state.stopped = Termination.TIMEOUT
+        await self._kill(sandbox, state, graceful=state.stopped is Termination.TIMEOUT)
+
+    async def _kill(self, sandbox: Sandbox, state: _RunState, *, graceful: bool) -> None:
+        """SIGINT (if graceful), then SIGKILL; give up on the sandbox if it stays silent."""
+        if state.kill_sent_at is None:
+            state.kill_sent_at = trio.current_time()
+        if graceful:
+            await sandbox.send_signal(signal_mod.SIGINT)
+            await trio.sleep(SIGINT_GRACE_S)
+        await sandbox.send_signal(signal_mod.SIGKILL)
+        await trio.sleep(KILL_WAIT_S)
+        # No report after SIGKILL: stop waiting; the destroy that follows ends it.
+        if state.scope is not None:
+            state.scope.cancel()
+
+    async def _enforce_budget(
+        self, sandbox: Sandbox, state: _RunState, budget: Budget, t0: float
+    ) -> None:
+        while True:
+            await trio.sleep(BUDGET_INTERVAL_S)
+            elapsed_ms = round((trio.current_time() - t0) * 1000)
+            if not await budget.extend(elapsed_ms):
+                if state.stopped is None:
+                    state.stopped = Termination.CREDIT_LIMIT
+                    await self._kill(sandbox, state, graceful=False)
+                return
+
+    async def _classify(
+        self,
+        sandbox: Sandbox,
+        state: _RunState,
+        end: Exited | Gone | None,
+        engine_lost: bool,
+        truncated: bool,
+    ) -> tuple[Termination, int, str | None, bool]:
+        if engine_lost:
+            return Termination.SANDBOX_ERROR, -1, None, False
+        if state.stopped is not None:
+            return state.stopped, 137, None, True
+        if isinstance(end, Exited):
+            if end.signal is not None:
+                return Termination.SIGNAL, 128 + end.signal, _signame(end.signal), True
+            return Termination.EXITED, int(end.code or 0), None, True
+        if isinstance(end, Gone):
+            try:
+                info = await sandbox.death_info()
+            except PoolError:
+                return Termination.SANDBOX_ERROR, -1, None, False
+            if info.oom:
+                return Termination.OOM, 137, None, True
+            if info.engine_lost or info.killed_externally or info.killed_by_us:
+                return Termination.SANDBOX_ERROR, -1, None, False
+            code = info.exit_code or 0
+            signo = code - 128 if code > 128 else signal_mod.SIGKILL
+            return Termination.SIGNAL, 128 + signo, _signame(signo), True
+        # A corrupted frame stream: the program did it; it is stopped and charged.
+        return Termination.SIGNAL, 137, "SIGKILL", True
+
+
+def _signame(signo: int) -> str:
+    try:
+        return signal_mod.Signals(signo).name
+    except ValueError:
+        return f"SIG{signo}"

@@ -1,0 +1,66 @@
+"""Plain data in and out of the scheduler: could cross a network unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+MIB = 1024 * 1024
+
+
+class Termination(str, Enum):
+    """Why a run ended."""
+
+    EXITED = "exited"
+    SIGNAL = "signal"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    OUTPUT_LIMIT = "output_limit"
+    CREDIT_LIMIT = "credit_limit"
+    SANDBOX_ERROR = "sandbox_error"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One program to run. ``language`` is the canonical name (``python``, ``javascript``)."""
+
+    language: str
+    code: str
+    stdin: str = ""
+    timeout_s: float = 10.0
+    output_limit_bytes: int = MIB
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run returned; see DESIGN.md section 3 for each field's contract.
+
+    ``billable`` is False only when the failure is provably ours
+    (``sandbox_error``); every other end is the program's and is charged.
+    """
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    termination: Termination
+    signal: str | None
+    truncated: bool
+    duration_ms: int
+    queue_ms: int
+    billable: bool
+    language: str
+    sandbox_id: str = ""
+
+    @property
+    def timed_out(self) -> bool:
+        return self.termination is Termination.TIMEOUT
+
+
+class Budget(Protocol):
+    """Pays for a run while it lives (credits, in the API). Called every half second."""
+
+    async def extend(self, elapsed_ms: int) -> bool:
+        """Make sure the run may go on past ``elapsed_ms``; False stops it (credit_limit)."""
+        ...
