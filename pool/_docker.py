@@ -124,7 +124,7 @@ class DockerClient:
         method: str,
         path: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Any = None,
         json_body: Any = None,
         content: bytes | AsyncIterator[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -266,12 +266,16 @@ class DockerClient:
             return False
         return True
 
-    async def import_image(self, tar_stream: AsyncIterator[bytes], repo: str, tag: str) -> None:
+    async def import_image(
+        self, tar_stream: AsyncIterator[bytes], repo: str, tag: str, changes: tuple[str, ...] = ()
+    ) -> None:
         """Import a root filesystem tarball as ``repo:tag`` (``docker import``)."""
+        params: list[tuple[str, str]] = [("fromSrc", "-"), ("repo", repo), ("tag", tag)]
+        params += [("changes", c) for c in changes]
         response = await self._request(
             "POST",
             "/images/create",
-            params={"fromSrc": "-", "repo": repo, "tag": tag},
+            params=params,
             content=tar_stream,
             headers={"Content-Type": "application/x-tar"},
             timeout_s=600,

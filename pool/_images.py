@@ -36,7 +36,7 @@ from ._languages import (
     Language,
 )
 
-ROOTFS_RECIPE_VERSION = "3"
+ROOTFS_RECIPE_VERSION = "4"
 IMAGE_HASH_LABEL = "cinch.image-hash"
 SANDBOX_UID = 1000
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -204,8 +204,24 @@ async def build_base(
         progress(f"{p.base_tag}: hardening (setuid bits, caches, non-root user)")
         await trio.to_thread.run_sync(_harden_rootfs, root)
         repo, tag = p.base_tag.split(":")
-        progress(f"{p.base_tag}: importing")
-        await client.import_image(_tar_stream(root), repo, tag)
+        version = _runtime_version(root, p.language)
+        progress(f"{p.base_tag}: importing ({p.language.name} {version})")
+        await client.import_image(
+            _tar_stream(root), repo, tag, changes=(f"LABEL cinch.runtime-version={version}",)
+        )
+
+
+def _runtime_version(root: Path, language: Language) -> str:
+    """The exact runtime version inside the rootfs, for /languages."""
+    if language.image_dir == "node":
+        return NODE_VERSION
+    status = (root / "var/lib/dpkg/status").read_text(errors="replace")
+    for block in status.split("\n\n"):
+        if block.startswith("Package: python3.11\n") or "\nPackage: python3.11\n" in block:
+            for line in block.splitlines():
+                if line.startswith("Version: "):
+                    return line.split()[1].split("-")[0]
+    return "3"
 
 
 def _compile_supervisor(out: Path) -> None:

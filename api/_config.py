@@ -1,0 +1,131 @@
+"""Configuration: one frozen dataclass, read once from ``CINCH_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A ``CINCH_*`` variable has a value we cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a Cinch instance. Each field ``x`` is read from ``CINCH_X``."""
+
+    data_dir: Path = Path("/var/lib/cinch")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    database_url: str = ""
+    log_level: str = "INFO"
+    # sandboxes and pools
+    pool_python: int = 2
+    pool_javascript: int = 2
+    max_sandboxes: int = 24
+    start_concurrency: int = 2
+    pause_idle: bool = True
+    sandbox_max_age_s: float = 600.0
+    runtime_python: str = "runsc-ptrace"
+    runtime_javascript: str = "runsc-systrap"
+    queue_timeout_s: float = 3.0
+    queue_max: int = 64
+    run_timeout_s: float = 10.0
+    output_limit_bytes: int = 1024 * 1024
+    # the API
+    max_code_bytes: int = 512 * 1024
+    max_stdin_bytes: int = 1024 * 1024
+    rate_limit_rps: float = 50.0
+    rate_limit_burst: int = 100
+    max_concurrent_per_key: int = 32
+    idempotency_ttl_s: int = 24 * 3600
+    signup_credits: int = 10_000
+    shutdown_grace_s: float = 12.0
+    # dashboard and payments
+    payments: str = "none"  # none | dev | stripe
+    credits_per_usd: int = 10_000
+    topup_min_usd: int = 5
+    topup_max_usd: int = 500
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""
+    secure_cookies: str = "auto"  # auto | on | off
+    session_secret: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = "CINCH_" + f.name.upper()
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                if kind is bool:
+                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                        raise ValueError(raw)
+                    values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+                elif kind is int:
+                    values[f.name] = int(raw)
+                elif kind is float:
+                    values[f.name] = float(raw)
+                elif kind is str:
+                    values[f.name] = raw
+                else:
+                    values[f.name] = Path(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        def check(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(what)
+
+        check(self.pool_python >= 0 and self.pool_javascript >= 0, "CINCH_POOL_* must be >= 0")
+        check(self.max_sandboxes >= 1, "CINCH_MAX_SANDBOXES must be >= 1")
+        check(self.start_concurrency >= 1, "CINCH_START_CONCURRENCY must be >= 1")
+        check(0 < self.run_timeout_s <= 300, "CINCH_RUN_TIMEOUT_S must be in (0, 300]")
+        check(self.queue_timeout_s >= 0, "CINCH_QUEUE_TIMEOUT_S must be >= 0")
+        check(self.queue_max >= 0, "CINCH_QUEUE_MAX must be >= 0")
+        check(self.rate_limit_rps > 0 and self.rate_limit_burst >= 1, "CINCH_RATE_LIMIT_* must be > 0")
+        check(self.max_concurrent_per_key >= 1, "CINCH_MAX_CONCURRENT_PER_KEY must be >= 1")
+        check(self.payments in ("none", "dev", "stripe"), "CINCH_PAYMENTS must be none, dev or stripe")
+        check(
+            self.payments != "stripe" or bool(self.stripe_secret_key and self.stripe_webhook_secret),
+            "CINCH_PAYMENTS=stripe needs CINCH_STRIPE_SECRET_KEY and CINCH_STRIPE_WEBHOOK_SECRET",
+        )
+        check(1 <= self.topup_min_usd <= self.topup_max_usd, "CINCH_TOPUP_MIN/MAX_USD out of order")
+        check(self.secure_cookies in ("auto", "on", "off"), "CINCH_SECURE_COOKIES: auto, on or off")
+        check(self.port >= 0, "CINCH_PORT must be >= 0")
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def pool_sizes(self) -> dict[str, int]:
+        return {"python": self.pool_python, "javascript": self.pool_javascript}
+
+    def runtimes(self) -> dict[str, str]:
+        return {"python": self.runtime_python, "javascript": self.runtime_javascript}
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """``(variable, default, type)`` for every setting, for README and ``cinch config``."""
+    return [
+        ("CINCH_" + f.name.upper(), str(f.default), type(f.default).__name__)
+        for f in fields(Config)
+    ]

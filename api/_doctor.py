@@ -1,0 +1,153 @@
+"""``cinch doctor``: every prerequisite, OK / FAIL / SKIP, with the fix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+import trio_asyncio
+
+from pool import DockerBackend, DockerClient, Exited, Output, PoolError, socket_path_from_env
+from pool._images import current_tags
+from pool._setup import RUNTIMES, RUNSC_MIN_DATE, _runsc_date, find_runsc, read_cgroup_weight
+
+from ._config import Config
+
+Check = Callable[[], Awaitable[tuple[str, str]]]
+
+
+async def _run_in_sandbox(client: DockerClient, config: Config, language: str, code: str) -> str:
+    backend = DockerBackend(client, owner="cinch-doctor", runtimes=config.runtimes())
+    sandbox = await backend.start_sandbox(language, current_tags()[language])
+    try:
+        await sandbox.send_run(code.encode(), b"", b"\0" * 16, 1 << 20)
+        out = b""
+        with trio.fail_after(15):
+            while True:
+                event = await sandbox.receive_event()
+                if isinstance(event, Output):
+                    out += event.data
+                    continue
+                if isinstance(event, Exited) and event.code not in (0, None):
+                    raise PoolError(f"exit {event.code}: {out.decode(errors='replace')[-300:]}")
+                break
+        return out.decode(errors="replace")
+    finally:
+        await backend.destroy(sandbox)
+
+
+async def run_doctor(config: Config) -> int:
+    client = DockerClient(socket_path_from_env(), timeout_s=10)
+    results: list[tuple[str, str, str]] = []
+    engine_ok = False
+    images_ok = False
+
+    async def check(name: str, fn: Check) -> bool:
+        try:
+            status, detail = await fn()
+        except Exception as exc:  # a doctor reports every failure, whatever its type
+            status, detail = "FAIL", f"{type(exc).__name__}: {exc}"
+        results.append((status, name, detail))
+        print(f"{status:<5} {name}: {detail}", flush=True)
+        return status == "OK"
+
+    async def runsc() -> tuple[str, str]:
+        path = find_runsc()
+        if not path:
+            return "FAIL", "runsc is not installed; fix: cinch setup"
+        date = _runsc_date(path)
+        if date < RUNSC_MIN_DATE:
+            return "FAIL", f"{path} is the {date} build (breaks `ls`); fix: cinch setup"
+        return "OK", f"{path} ({date})"
+
+    async def engine() -> tuple[str, str]:
+        try:
+            version = await client.version()
+        except PoolError as exc:
+            return "FAIL", f"{exc}; fix: cinch setup"
+        return "OK", f"dockerd {version.get('Version')} at {client.socket_path}"
+
+    async def runtimes() -> tuple[str, str]:
+        have = set((await client.info()).get("Runtimes", {}))
+        missing = [r for r in RUNTIMES if r not in have]
+        wanted = set(config.runtimes().values())
+        if missing:
+            return "FAIL", f"missing {', '.join(missing)}; fix: cinch setup"
+        if not wanted <= have:
+            return "FAIL", f"configured runtimes {sorted(wanted)} are not registered"
+        return "OK", ", ".join(sorted(RUNTIMES))
+
+    async def cgroup() -> tuple[str, str]:
+        weight = read_cgroup_weight()
+        if weight is None:
+            return "FAIL", "the sandbox cgroup is missing; fix: cinch setup"
+        return "OK", f"cinch-sandboxes CPU weight {weight} (below the default)"
+
+    async def images() -> tuple[str, str]:
+        missing = [tag for tag in current_tags().values() if not await client.image_exists(tag)]
+        if missing:
+            return "FAIL", f"missing or outdated: {', '.join(missing)}; fix: cinch images build"
+        return "OK", ", ".join(current_tags().values())
+
+    async def sandbox_starts() -> tuple[str, str]:
+        out = await _run_in_sandbox(client, config, "python", "import os; print(os.uname().release)")
+        return "OK", f"python sandbox started (kernel {out.strip()})"
+
+    async def ls_works() -> tuple[str, str]:
+        out = await _run_in_sandbox(
+            client, config, "python",
+            "import subprocess; print(subprocess.run(['ls', '/'], capture_output=True, "
+            "text=True, check=True).stdout.split())",
+        )
+        return "OK", f"ls / inside a sandbox: {out.strip()[:80]}"
+
+    async def node_works() -> tuple[str, str]:
+        out = await _run_in_sandbox(
+            client, config, "javascript",
+            'import fs from "node:fs"; console.log(process.version, typeof fs.readFileSync)',
+        )
+        return "OK", f"node sandbox: {out.strip()}"
+
+    async def database() -> tuple[str, str]:
+        from ._store import Store
+
+        async with trio_asyncio.open_loop():
+            store = await Store.open(config.database_url, config.data_dir, "doctor")
+            try:
+                version = await store.fetchval("SHOW server_version")
+                mismatches = await store.ledger_mismatches()
+            finally:
+                await store.aclose()
+        where = "embedded (pgserver)" if not config.database_url else "CINCH_DATABASE_URL"
+        if mismatches:
+            return "FAIL", f"{len(mismatches)} account(s) whose balance != sum of ledger"
+        return "OK", f"PostgreSQL {version}, {where}, ledger balanced"
+
+    try:
+        await check("runsc", runsc)
+        engine_ok = await check("engine reachable", engine)
+        if engine_ok:
+            await check("runtime registered", runtimes)
+            await check("sandbox cgroup", cgroup)
+            images_ok = await check("images present and current", images)
+        if engine_ok and images_ok:
+            await check("a sandbox starts", sandbox_starts)
+            await check("ls / works inside", ls_works)
+            await check("node 20 with ES modules", node_works)
+        else:
+            for name in ("a sandbox starts", "ls / works inside", "node 20 with ES modules"):
+                results.append(("SKIP", name, "needs the engine and images"))
+                print(f"SKIP  {name}: needs the engine and images", flush=True)
+        if os.environ.get("CINCH_DOCTOR_SKIP_DB"):
+            print("SKIP  database: CINCH_DOCTOR_SKIP_DB is set", flush=True)
+        else:
+            await check("database", database)
+    finally:
+        await client.aclose()
+    failed = [r for r in results if r[0] == "FAIL"]
+    print(f"{len(results) - len(failed)} ok or skipped, {len(failed)} failed", flush=True)
+    return 1 if failed else 0
+
+

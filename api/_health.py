@@ -1,0 +1,78 @@
+"""Health, readiness, languages, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, current_app
+
+from ._openapi import openapi_document
+from ._runs import json_response
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+async def readyz() -> Response:
+    check = current_app.config["READINESS"]
+    if check is None:
+        return json_response({"status": "ok", "checks": {}})
+    checks = await check()
+    ok = all(c.get("ok") for c in checks.values())
+    return json_response({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+
+
+@bp.get("/languages")
+async def languages() -> Response:
+    config = current_app.config["CINCH"]
+    info = current_app.config["LANGUAGES_INFO"]
+    return json_response(
+        {
+            "languages": [
+                {
+                    "name": name,
+                    "aliases": aliases,
+                    "version": info.get(name, {}).get("version", ""),
+                    "runtime": info.get(name, {}).get("runtime", ""),
+                    "file": info.get(name, {}).get("file", ""),
+                }
+                for name, aliases in (
+                    ("python", ["python3", "py"]),
+                    ("javascript", ["js", "node", "nodejs"]),
+                )
+            ],
+            "limits": {
+                "timeoutSeconds": config.run_timeout_s,
+                "memoryBytes": 256 * 1024 * 1024,
+                "outputBytes": config.output_limit_bytes,
+                "codeBytes": config.max_code_bytes,
+                "stdinBytes": config.max_stdin_bytes,
+                "tmpBytes": 64 * 1024 * 1024,
+                "processes": 128,
+                "network": "none",
+            },
+            "environment": {
+                "cwd": "/tmp/work",
+                "HOME": "/tmp/work",
+                "LANG": "C.UTF-8",
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "user": "uid 1000, no capabilities",
+                "filesystem": "read-only root; writable /tmp (64 MB) and /dev/shm (16 MB)",
+                "isolation": "gVisor (runsc), a fresh sandbox per run, destroyed afterwards",
+            },
+        }
+    )
+
+
+@bp.get("/metrics")
+async def metrics() -> Response:
+    body = current_app.config["METRICS"].render()
+    return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@bp.get("/openapi.json")
+async def openapi() -> Response:
+    return json_response(openapi_document(current_app.config["CINCH"]))

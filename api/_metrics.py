@@ -1,0 +1,94 @@
+"""Prometheus metrics: our own registry; pool and scheduler gauges read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[Any]:
+        ready = GaugeMetricFamily("cinch_pool_ready", "Warm sandboxes ready to run", labels=["language"])
+        paused = GaugeMetricFamily("cinch_pool_paused", "Warm sandboxes paused", labels=["language"])
+        starting = GaugeMetricFamily("cinch_pool_starting", "Sandboxes being started", labels=["language"])
+        size = GaugeMetricFamily("cinch_pool_target_size", "Configured pool size", labels=["language"])
+        breaker = GaugeMetricFamily(
+            "cinch_pool_breaker_open", "1 while the start circuit breaker is open", labels=["language"]
+        )
+        starts = CounterMetricFamily(
+            "cinch_sandbox_starts", "Sandboxes started", labels=["language"]
+        )
+        failures = CounterMetricFamily(
+            "cinch_sandbox_start_failures", "Sandbox starts that failed", labels=["language"]
+        )
+        start_seconds = CounterMetricFamily(
+            "cinch_sandbox_start_seconds", "Total time spent starting sandboxes", labels=["language"]
+        )
+        for language in self._scheduler.languages:
+            s = self._scheduler.pool(language).statistics()
+            ready.add_metric([language], s.ready)
+            paused.add_metric([language], s.paused)
+            starting.add_metric([language], s.starting)
+            size.add_metric([language], s.size)
+            breaker.add_metric([language], 1 if s.breaker_open else 0)
+            starts.add_metric([language], s.started_total)
+            failures.add_metric([language], s.start_failures_total)
+            start_seconds.add_metric([language], s.start_seconds_sum)
+        stats = self._scheduler.statistics()
+        in_flight = GaugeMetricFamily("cinch_runs_in_flight", "Runs executing now")
+        in_flight.add_metric([], stats.in_flight)
+        queued = GaugeMetricFamily("cinch_runs_queued", "Runs waiting for a sandbox")
+        queued.add_metric([], stats.queued)
+        rejected = CounterMetricFamily(
+            "cinch_runs_rejected", "Runs turned away for lack of capacity", labels=["reason"]
+        )
+        for reason, n in stats.rejected_total.items():
+            rejected.add_metric([reason], n)
+        yield from (ready, paused, starting, size, breaker, starts, failures, start_seconds)
+        yield from (in_flight, queued, rejected)
+
+
+class Metrics:
+    """Every metric Cinch exports, on a registry of its own."""
+
+    def __init__(self, scheduler: Any | None = None) -> None:
+        disable_created_metrics()  # *_created series only add noise here
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.runs = Counter(
+            "cinch_runs", "Runs finished", ["language", "termination"], registry=r
+        )
+        self.run_duration = Histogram(
+            "cinch_run_duration_seconds", "Program run time (durationMs)", ["language"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "cinch_run_queue_wait_seconds", "Time waiting for a sandbox", ["language"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.credits_charged = Counter(
+            "cinch_credits_charged", "Credits charged for runs", registry=r
+        )
+        self.http_requests = Counter(
+            "cinch_http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "cinch_http_request_duration_seconds", "HTTP request latency", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.in_flight = Gauge("cinch_http_requests_in_flight", "HTTP requests in progress", registry=r)
+        if scheduler is not None:
+            r.register(_PoolCollector(scheduler))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+

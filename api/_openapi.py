@@ -1,0 +1,161 @@
+"""OpenAPI 3.1 description of the public API, matching what the server does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._config import Config
+
+
+def _error(description: str, retry: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if retry:
+        response["headers"] = {
+            "Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait"}
+        }
+    return response
+
+
+def openapi_document(config: Config) -> dict[str, Any]:
+    run_result = {
+        "type": "object",
+        "required": ["stdout", "stderr", "exitCode", "timedOut", "durationMs"],
+        "properties": {
+            "stdout": {"type": "string"},
+            "stderr": {"type": "string"},
+            "exitCode": {
+                "type": "integer",
+                "description": "The program's exit status; 128+n for signal n; 137 when stopped "
+                "by Cinch (timeout, output or credit limit, out of memory); -1 for a sandbox "
+                "failure of ours.",
+            },
+            "timedOut": {"type": "boolean"},
+            "durationMs": {"type": "integer", "minimum": 0},
+            "termination": {
+                "type": "string",
+                "enum": ["exited", "signal", "timeout", "oom", "output_limit", "credit_limit",
+                         "sandbox_error"],
+            },
+            "signal": {"type": ["string", "null"]},
+            "truncated": {"type": "boolean"},
+            "queueMs": {"type": "integer", "minimum": 0},
+            "creditsCharged": {"type": "integer", "minimum": 0},
+            "language": {"type": "string", "enum": ["python", "javascript"]},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Cinch",
+            "version": "1.0.0",
+            "description": "Run untrusted Python or JavaScript in a fresh gVisor sandbox.",
+        },
+        "servers": [{"url": config.base_url}],
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "cinch_live_..."}
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                "RunRequest": {
+                    "type": "object",
+                    "required": ["code"],
+                    "properties": {
+                        "code": {"type": "string", "minLength": 1,
+                                 "description": f"At most {config.max_code_bytes} bytes (UTF-8)."},
+                        "language": {
+                            "type": "string",
+                            "default": "python",
+                            "description": "python or javascript; aliases python3, py, js, "
+                            "node, nodejs (case-insensitive)",
+                        },
+                        "stdin": {"type": ["string", "null"],
+                                  "description": f"At most {config.max_stdin_bytes} bytes."},
+                    },
+                },
+                "RunResult": run_result,
+            },
+        },
+        "paths": {
+            "/run": {
+                "post": {
+                    "summary": "Run code in a fresh sandbox",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}}
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The program ran (whatever its exit code)",
+                            "headers": {
+                                "X-Request-Id": {"schema": {"type": "string"}},
+                                "X-Credits-Remaining": {"schema": {"type": "string"}},
+                            },
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/RunResult"}
+                                }
+                            },
+                        },
+                        "400": _error("The body is not valid"),
+                        "401": _error("Missing, unknown or revoked API key"),
+                        "402": _error("Out of credits"),
+                        "409": _error("Idempotency-Key reused with another body"),
+                        "413": _error("Code or stdin too large"),
+                        "429": _error("Rate limited", retry=True),
+                        "503": _error("No capacity right now", retry=True),
+                    },
+                }
+            },
+            "/languages": {
+                "get": {
+                    "summary": "Runtimes, limits and the sandbox environment",
+                    "responses": {"200": {"description": "OK",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}}},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": {"description": "OK",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: database, engine, pools",
+                    "responses": {
+                        "200": {"description": "Ready",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "503": {"description": "Not ready",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "OK",
+                                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                }
+            },
+        },
+    }
