@@ -83,7 +83,9 @@ def create_app(
         if status == 404:
             message = f"no such endpoint: {request.method} {request.path}"
         elif status == 405:
-            allowed = ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
+            allowed = (
+                ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
+            )
             message = f"method {request.method} is not allowed on {request.path}" + (
                 f"; use {allowed}" if allowed else ""
             )

@@ -42,8 +42,10 @@ def cmd_setup(config: Config, args: argparse.Namespace) -> int:
         ensure_packages(_say, need_dockerd=not engine_up)
         runsc = ensure_runsc(_say)
         state = trio.run(ensure_engine, runsc, config.data_dir, _say)
-        _say(f"engine ready ({time.monotonic() - t0:.1f}s): {state.socket_path}, "
-             f"runtimes {', '.join(state.runtimes)}")
+        _say(
+            f"engine ready ({time.monotonic() - t0:.1f}s): {state.socket_path}, "
+            f"runtimes {', '.join(state.runtimes)}"
+        )
         if args.no_images:
             return 0
 
@@ -96,8 +98,10 @@ async def _ensure_local_key(service: Any) -> None:
         _say(f"Mint another with: cinch key create {LOCAL_EMAIL}")
         return
     row = await store.account_by_email(LOCAL_EMAIL)
-    account_id = row["id"] if row else await store.create_account(
-        LOCAL_EMAIL, None, service.config.signup_credits
+    account_id = (
+        row["id"]
+        if row
+        else await store.create_account(LOCAL_EMAIL, None, service.config.signup_credits)
     )
     key, _ = await store.create_key(account_id, "local")
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -109,8 +113,10 @@ async def _ensure_local_key(service: Any) -> None:
     _say("")
     _say("Try it:")
     body = json.dumps({"code": "print(2 + 2)"})
-    _say(f"  curl -s {service.base_url}/run -H {shlex.quote('Authorization: Bearer ' + key)} "
-         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}")
+    _say(
+        f"  curl -s {service.base_url}/run -H {shlex.quote('Authorization: Bearer ' + key)} "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
@@ -143,8 +149,6 @@ def cmd_up(config: Config, args: argparse.Namespace) -> int:
 
 def _with_store(config: Config, fn: Any) -> Any:
     import trio_asyncio
-
-    from pool import Instance
 
     from ._store import Store
 
@@ -209,8 +213,12 @@ def cmd_key_create(config: Config, args: argparse.Namespace) -> int:
 def cmd_credits_grant(config: Config, args: argparse.Namespace) -> int:
     async def run(store: Any) -> tuple[int, int]:
         account_id = await _account_id(store, args.email)
-        await store.credit(account_id, args.amount, "adjust" if args.amount < 0 else "grant",
-                           f"admin:{time.time_ns()}")
+        await store.credit(
+            account_id,
+            args.amount,
+            "adjust" if args.amount < 0 else "grant",
+            f"admin:{time.time_ns()}",
+        )
         return await store.balance(account_id)  # type: ignore[no-any-return]
 
     balance, available = _with_store(config, run)
@@ -229,7 +237,9 @@ def cmd_password_reset(config: Config, args: argparse.Namespace) -> int:
     async def run(store: Any) -> None:
         account_id = await _account_id(store, args.email)
         await store.execute(
-            "UPDATE accounts SET password_hash = $2 WHERE id = $1", account_id, hash_password(password)
+            "UPDATE accounts SET password_hash = $2 WHERE id = $1",
+            account_id,
+            hash_password(password),
         )
 
     _with_store(config, run)

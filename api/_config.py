@@ -98,11 +98,16 @@ class Config:
         check(0 < self.run_timeout_s <= 300, "CINCH_RUN_TIMEOUT_S must be in (0, 300]")
         check(self.queue_timeout_s >= 0, "CINCH_QUEUE_TIMEOUT_S must be >= 0")
         check(self.queue_max >= 0, "CINCH_QUEUE_MAX must be >= 0")
-        check(self.rate_limit_rps > 0 and self.rate_limit_burst >= 1, "CINCH_RATE_LIMIT_* must be > 0")
-        check(self.max_concurrent_per_key >= 1, "CINCH_MAX_CONCURRENT_PER_KEY must be >= 1")
-        check(self.payments in ("none", "dev", "stripe"), "CINCH_PAYMENTS must be none, dev or stripe")
         check(
-            self.payments != "stripe" or bool(self.stripe_secret_key and self.stripe_webhook_secret),
+            self.rate_limit_rps > 0 and self.rate_limit_burst >= 1, "CINCH_RATE_LIMIT_* must be > 0"
+        )
+        check(self.max_concurrent_per_key >= 1, "CINCH_MAX_CONCURRENT_PER_KEY must be >= 1")
+        check(
+            self.payments in ("none", "dev", "stripe"), "CINCH_PAYMENTS must be none, dev or stripe"
+        )
+        check(
+            self.payments != "stripe"
+            or bool(self.stripe_secret_key and self.stripe_webhook_secret),
             "CINCH_PAYMENTS=stripe needs CINCH_STRIPE_SECRET_KEY and CINCH_STRIPE_WEBHOOK_SECRET",
         )
         check(1 <= self.topup_min_usd <= self.topup_max_usd, "CINCH_TOPUP_MIN/MAX_USD out of order")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 import trio_asyncio
 
 from pool import DockerBackend, DockerClient, Exited, Output, PoolError, socket_path_from_env
 from pool._images import current_tags
-from pool._setup import RUNTIMES, RUNSC_MIN_DATE, _runsc_date, find_runsc, read_cgroup_weight
+from pool._setup import RUNSC_MIN_DATE, RUNTIMES, _runsc_date, find_runsc, read_cgroup_weight
 
 from ._config import Config
 
@@ -92,12 +91,16 @@ async def run_doctor(config: Config) -> int:
         return "OK", ", ".join(current_tags().values())
 
     async def sandbox_starts() -> tuple[str, str]:
-        out = await _run_in_sandbox(client, config, "python", "import os; print(os.uname().release)")
+        out = await _run_in_sandbox(
+            client, config, "python", "import os; print(os.uname().release)"
+        )
         return "OK", f"python sandbox started (kernel {out.strip()})"
 
     async def ls_works() -> tuple[str, str]:
         out = await _run_in_sandbox(
-            client, config, "python",
+            client,
+            config,
+            "python",
             "import subprocess; print(subprocess.run(['ls', '/'], capture_output=True, "
             "text=True, check=True).stdout.split())",
         )
@@ -105,7 +108,9 @@ async def run_doctor(config: Config) -> int:
 
     async def node_works() -> tuple[str, str]:
         out = await _run_in_sandbox(
-            client, config, "javascript",
+            client,
+            config,
+            "javascript",
             'import fs from "node:fs"; console.log(process.version, typeof fs.readFileSync)',
         )
         return "OK", f"node sandbox: {out.strip()}"
@@ -149,5 +154,3 @@ async def run_doctor(config: Config) -> int:
     failed = [r for r in results if r[0] == "FAIL"]
     print(f"{len(results) - len(failed)} ok or skipped, {len(failed)} failed", flush=True)
     return 1 if failed else 0
-
-

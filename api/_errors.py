@@ -1,7 +1,7 @@
 """Errors the API answers with.
 
-    ApiError     any error with an HTTP status and a message a person can act on;
-                 rendered as JSON {"error": "..."} with the status and headers.
+ApiError     any error with an HTTP status and a message a person can act on;
+             rendered as JSON {"error": "..."} with the status and headers.
 """
 
 from __future__ import annotations

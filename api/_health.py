@@ -22,7 +22,9 @@ async def readyz() -> Response:
         return json_response({"status": "ok", "checks": {}})
     checks = await check()
     ok = all(c.get("ok") for c in checks.values())
-    return json_response({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+    return json_response(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+    )
 
 
 @bp.get("/languages")

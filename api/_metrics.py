@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -17,12 +24,22 @@ class _PoolCollector(Collector):
         self._scheduler = scheduler
 
     def collect(self) -> Iterator[Any]:
-        ready = GaugeMetricFamily("cinch_pool_ready", "Warm sandboxes ready to run", labels=["language"])
-        paused = GaugeMetricFamily("cinch_pool_paused", "Warm sandboxes paused", labels=["language"])
-        starting = GaugeMetricFamily("cinch_pool_starting", "Sandboxes being started", labels=["language"])
-        size = GaugeMetricFamily("cinch_pool_target_size", "Configured pool size", labels=["language"])
+        ready = GaugeMetricFamily(
+            "cinch_pool_ready", "Warm sandboxes ready to run", labels=["language"]
+        )
+        paused = GaugeMetricFamily(
+            "cinch_pool_paused", "Warm sandboxes paused", labels=["language"]
+        )
+        starting = GaugeMetricFamily(
+            "cinch_pool_starting", "Sandboxes being started", labels=["language"]
+        )
+        size = GaugeMetricFamily(
+            "cinch_pool_target_size", "Configured pool size", labels=["language"]
+        )
         breaker = GaugeMetricFamily(
-            "cinch_pool_breaker_open", "1 while the start circuit breaker is open", labels=["language"]
+            "cinch_pool_breaker_open",
+            "1 while the start circuit breaker is open",
+            labels=["language"],
         )
         starts = CounterMetricFamily(
             "cinch_sandbox_starts", "Sandboxes started", labels=["language"]
@@ -31,7 +48,9 @@ class _PoolCollector(Collector):
             "cinch_sandbox_start_failures", "Sandbox starts that failed", labels=["language"]
         )
         start_seconds = CounterMetricFamily(
-            "cinch_sandbox_start_seconds", "Total time spent starting sandboxes", labels=["language"]
+            "cinch_sandbox_start_seconds",
+            "Total time spent starting sandboxes",
+            labels=["language"],
         )
         for language in self._scheduler.languages:
             s = self._scheduler.pool(language).statistics()
@@ -64,31 +83,42 @@ class Metrics:
         disable_created_metrics()  # *_created series only add noise here
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.runs = Counter(
-            "cinch_runs", "Runs finished", ["language", "termination"], registry=r
-        )
+        self.runs = Counter("cinch_runs", "Runs finished", ["language", "termination"], registry=r)
         self.run_duration = Histogram(
-            "cinch_run_duration_seconds", "Program run time (durationMs)", ["language"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "cinch_run_duration_seconds",
+            "Program run time (durationMs)",
+            ["language"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
-            "cinch_run_queue_wait_seconds", "Time waiting for a sandbox", ["language"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "cinch_run_queue_wait_seconds",
+            "Time waiting for a sandbox",
+            ["language"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.credits_charged = Counter(
             "cinch_credits_charged", "Credits charged for runs", registry=r
         )
         self.http_requests = Counter(
-            "cinch_http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
+            "cinch_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.http_duration = Histogram(
-            "cinch_http_request_duration_seconds", "HTTP request latency", ["route"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "cinch_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.in_flight = Gauge("cinch_http_requests_in_flight", "HTTP requests in progress", registry=r)
+        self.in_flight = Gauge(
+            "cinch_http_requests_in_flight", "HTTP requests in progress", registry=r
+        )
         if scheduler is not None:
             r.register(_PoolCollector(scheduler))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-

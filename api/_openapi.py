@@ -36,8 +36,15 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "durationMs": {"type": "integer", "minimum": 0},
             "termination": {
                 "type": "string",
-                "enum": ["exited", "signal", "timeout", "oom", "output_limit", "credit_limit",
-                         "sandbox_error"],
+                "enum": [
+                    "exited",
+                    "signal",
+                    "timeout",
+                    "oom",
+                    "output_limit",
+                    "credit_limit",
+                    "sandbox_error",
+                ],
             },
             "signal": {"type": ["string", "null"]},
             "truncated": {"type": "boolean"},
@@ -68,16 +75,21 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "type": "object",
                     "required": ["code"],
                     "properties": {
-                        "code": {"type": "string", "minLength": 1,
-                                 "description": f"At most {config.max_code_bytes} bytes (UTF-8)."},
+                        "code": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": f"At most {config.max_code_bytes} bytes (UTF-8).",
+                        },
                         "language": {
                             "type": "string",
                             "default": "python",
                             "description": "python or javascript; aliases python3, py, js, "
                             "node, nodejs (case-insensitive)",
                         },
-                        "stdin": {"type": ["string", "null"],
-                                  "description": f"At most {config.max_stdin_bytes} bytes."},
+                        "stdin": {
+                            "type": ["string", "null"],
+                            "description": f"At most {config.max_stdin_bytes} bytes.",
+                        },
                     },
                 },
                 "RunResult": run_result,
@@ -99,7 +111,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}}
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RunRequest"}
+                            }
                         },
                     },
                     "responses": {
@@ -128,33 +142,49 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "/languages": {
                 "get": {
                     "summary": "Runtimes, limits and the sandbox environment",
-                    "responses": {"200": {"description": "OK",
-                                          "content": {"application/json": {"schema": {"type": "object"}}}}},
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
                 }
             },
             "/healthz": {
                 "get": {
                     "summary": "Liveness",
-                    "responses": {"200": {"description": "OK",
-                                          "content": {"application/json": {"schema": {"type": "object"}}}}},
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
                 }
             },
             "/readyz": {
                 "get": {
                     "summary": "Readiness: database, engine, pools",
                     "responses": {
-                        "200": {"description": "Ready",
-                                "content": {"application/json": {"schema": {"type": "object"}}}},
-                        "503": {"description": "Not ready",
-                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "200": {
+                            "description": "Ready",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "503": {
+                            "description": "Not ready",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
                     },
                 }
             },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "OK",
-                                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
                 }
             },
         },

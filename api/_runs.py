@@ -192,8 +192,9 @@ async def _authorized_run(
         auth = await store.authorize(key, HOLD_STEP)
     except StoreError as exc:
         log.error("request %s: %s", request_id, exc)
-        raise ApiError(503, "the credits database is unavailable; retry shortly",
-                       headers={"Retry-After": "2"}) from None
+        raise ApiError(
+            503, "the credits database is unavailable; retry shortly", headers={"Retry-After": "2"}
+        ) from None
     if auth.status == "invalid_key":
         raise ApiError(401, "invalid API key (revoked or unknown)")
     if auth.status == "no_credits":
@@ -201,7 +202,8 @@ async def _authorized_run(
             402, "out of credits: top up in your dashboard", headers={"X-Credits-Remaining": "0"}
         )
     hold_id = auth.hold_id
-    assert hold_id is not None and auth.account_id is not None
+    assert hold_id is not None
+    assert auth.account_id is not None
     owned_idem = False
     try:
         if idem_key is not None:
@@ -210,9 +212,16 @@ async def _authorized_run(
                 await store.release_hold(hold_id)
                 hold_id = None
                 status, body = replay
+                _, available = await store.balance(auth.account_id)
                 return json_response(
-                    body, status,
-                    {"X-Request-Id": request_id, "Idempotent-Replayed": "true", **rl_headers},
+                    body,
+                    status,
+                    {
+                        "X-Request-Id": request_id,
+                        "X-Credits-Remaining": str(max(0, available)),
+                        "Idempotent-Replayed": "true",
+                        **rl_headers,
+                    },
                 )
             owned_idem = True
         run_request = RunRequest(
@@ -228,8 +237,11 @@ async def _authorized_run(
             result = await scheduler.run(run_request, budget)
         except (NoCapacity, ShuttingDown) as exc:
             retry = getattr(exc, "retry_after_s", 2.0)
-            raise ApiError(503, f"no sandbox available right now: {exc}",
-                           headers={"Retry-After": str(max(1, round(retry)))}) from None
+            raise ApiError(
+                503,
+                f"no sandbox available right now: {exc}",
+                headers={"Retry-After": str(max(1, round(retry)))},
+            ) from None
         settlement = await _settle(store, hold_id, auth, result, request_id)
         hold_id = None
         metrics.runs.labels(result.language, result.termination.value).inc()
@@ -285,8 +297,11 @@ async def _settle(store: Any, hold_id: int, auth: Any, result: RunResult, reques
         except StoreError as exc:
             log.warning("request %s: settle failed (attempt %d): %s", request_id, attempt + 1, exc)
             await trio.sleep(0.25 * (attempt + 1))
-    raise ApiError(503, "the credits database is unavailable; the run was not charged, retry shortly",
-                   headers={"Retry-After": "2"})
+    raise ApiError(
+        503,
+        "the credits database is unavailable; the run was not charged, retry shortly",
+        headers={"Retry-After": "2"},
+    )
 
 
 def _notify_idempotency(app: Any, account_id: int, key: str) -> None:
@@ -302,11 +317,15 @@ async def _idempotency(
     """None: we own the key and run. Otherwise the stored ``(status, body)`` to replay."""
     deadline = trio.current_time() + config.queue_timeout_s + config.run_timeout_s + 5
     while True:
-        record = await store.idempotency_begin(account_id, key, parsed.body_hash, config.idempotency_ttl_s)
+        record = await store.idempotency_begin(
+            account_id, key, parsed.body_hash, config.idempotency_ttl_s
+        )
         if record is None:
             return None
         if record.body_hash != parsed.body_hash:
-            raise ApiError(409, "this Idempotency-Key was already used with a different request body")
+            raise ApiError(
+                409, "this Idempotency-Key was already used with a different request body"
+            )
         if record.state == "done" and record.response is not None:
             return int(record.status_code or 200), record.response
         # The first attempt is still running: wait for it (here or on another instance).

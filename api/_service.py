@@ -57,7 +57,9 @@ class SetupNeeded(Exception):
     """The engine or the images are missing: run `cinch setup` first."""
 
 
-async def _languages_info(client: DockerClient, tags: dict[str, str], runtimes: dict[str, str]) -> dict[str, Any]:
+async def _languages_info(
+    client: DockerClient, tags: dict[str, str], runtimes: dict[str, str]
+) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for name, tag in tags.items():
         labels = (await client.image_inspect(tag)).get("Config", {}).get("Labels") or {}
@@ -78,9 +80,12 @@ async def _cgroup_parent(client: DockerClient) -> str | None:
         import os
 
         if not any(
-            os.path.isdir(p)
-            for p in (f"/sys/fs/cgroup/{CGROUP_NAME}", f"/sys/fs/cgroup/cpu/{CGROUP_NAME}",
-                      f"/sys/fs/cgroup/cpu,cpuacct/{CGROUP_NAME}")
+            os.path.isdir(p)  # noqa: ASYNC240 (sysfs, instant)
+            for p in (
+                f"/sys/fs/cgroup/{CGROUP_NAME}",
+                f"/sys/fs/cgroup/cpu/{CGROUP_NAME}",
+                f"/sys/fs/cgroup/cpu,cpuacct/{CGROUP_NAME}",
+            )
         ):
             log.warning("cgroup %s is missing (run `cinch setup`); using the default", CGROUP_NAME)
             return None
@@ -110,7 +115,9 @@ async def serve(
         async with trio_asyncio.open_loop():
             store = await Store.open(config.database_url, config.data_dir, instance.id)
             try:
-                await _serve_with_store(config, instance, store, on_ready, handle_signals, task_status)
+                await _serve_with_store(
+                    config, instance, store, on_ready, handle_signals, task_status
+                )
             finally:
                 await store.aclose()
     finally:
@@ -231,7 +238,9 @@ async def _serve_with_store(
             base_url = _base_url(config, bound)
             if handle_signals:
                 nursery.start_soon(_signal_watcher, shutdown)
-            service = Service(config, instance, store, scheduler, client, backend, base_url, shutdown)
+            service = Service(
+                config, instance, store, scheduler, client, backend, base_url, shutdown
+            )
             log.info("Cinch %s listening on %s", instance.id, base_url)
             task_status.started(service)
             if on_ready is not None:
@@ -244,7 +253,7 @@ async def _serve_with_store(
             pool_scope.cancel()  # pools destroy their warm sandboxes
             # hypercorn stops by itself (shutdown_trigger); the rest is cancelled.
             with trio.move_on_after(20):
-                while scheduler.statistics().destroying:
+                while scheduler.statistics().destroying:  # noqa: ASYNC110 (shutdown only)
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
     finally:

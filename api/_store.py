@@ -120,7 +120,9 @@ class Store:
                     "version integer PRIMARY KEY, name text NOT NULL, "
                     "applied_at timestamptz NOT NULL DEFAULT now())"
                 )
-                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                done = {
+                    r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+                }
                 for path in sorted(MIGRATIONS.glob("*.sql")):
                     version = int(path.name.split("_", 1)[0])
                     if version in done:
@@ -148,8 +150,13 @@ class Store:
     async def _call(self, fn: Any, *args: Any) -> Any:
         try:
             return await _aio(fn)(*args)
-        except (asyncpg.PostgresConnectionStatusError, asyncpg.CannotConnectNowError,
-                asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except (
+            asyncpg.PostgresConnectionStatusError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.InterfaceError,
+            OSError,
+            TimeoutError,
+        ) as exc:
             raise StoreError(f"database unavailable: {exc}") from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate and exc.sqlstate.startswith(("08", "57")):
@@ -387,7 +394,9 @@ class Store:
         if row is None:
             return None
         response = json.loads(row["response"]) if row["response"] is not None else None
-        return IdempotencyRecord(row["state"], bytes(row["body_hash"]), row["status_code"], response)
+        return IdempotencyRecord(
+            row["state"], bytes(row["body_hash"]), row["status_code"], response
+        )
 
     async def idempotency_finish(
         self, account_id: int, key: str, status_code: int, response: dict[str, Any]
@@ -455,7 +464,9 @@ async def _ledger(
     )
     if not inserted:
         return False
-    await conn.execute("UPDATE accounts SET balance = balance + $2 WHERE id = $1", account_id, amount)
+    await conn.execute(
+        "UPDATE accounts SET balance = balance + $2 WHERE id = $1", account_id, amount
+    )
     return True
 
 

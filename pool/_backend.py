@@ -17,7 +17,6 @@ from ._errors import EngineUnavailable, NotFound, PoolError, ProtocolError, Sand
 from ._protocol import (
     DeathInfo,
     Event,
-    Exited,
     FrameDecoder,
     Gone,
     Output,
@@ -212,7 +211,9 @@ class DockerBackend:
                 await self._remove(cid)
                 self._reap_orphans(cid)
             if isinstance(exc, trio.TooSlowError):
-                raise SandboxStartError(f"sandbox {cid[:12]} not ready in {READY_TIMEOUT_S}s") from exc
+                raise SandboxStartError(
+                    f"sandbox {cid[:12]} not ready in {READY_TIMEOUT_S}s"
+                ) from exc
             raise
 
     async def pause(self, sandbox: DockerSandbox) -> None:  # type: ignore[override]
@@ -290,5 +291,3 @@ def _runsc_pids(cid: str) -> list[int]:
         if b"runsc" in cmdline.split(b"\0", 1)[0] + cmdline[:200] and needle in cmdline:
             pids.append(int(entry))
     return pids
-
-

@@ -323,7 +323,9 @@ class DockerClient:
 
     async def list_images(self, labels: Iterable[str] = ()) -> list[dict[str, Any]]:
         filters = json.dumps({"label": list(labels)})
-        return list((await self._request("GET", "/images/json", params={"filters": filters})).json())
+        return list(
+            (await self._request("GET", "/images/json", params={"filters": filters})).json()
+        )
 
     async def remove_image(self, name: str) -> None:
         await self._request("DELETE", f"/images/{name}", params={"noprune": "0"})

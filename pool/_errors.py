@@ -1,13 +1,13 @@
 """Errors raised by the pool package.
 
-    PoolError                  base of everything below
-    ├── EngineError            the Docker engine answered with an error
-    │   ├── NotFound           the container or image is gone (404)
-    │   └── Conflict           the engine refused in this state (409)
-    ├── EngineUnavailable      the engine cannot be reached at all
-    ├── SandboxStartError      a sandbox could not be made ready
-    ├── ProtocolError          a sandbox's runner sent something we cannot parse
-    └── NoCapacity             no warm sandbox in time (a pool is empty or broken)
+PoolError                  base of everything below
+├── EngineError            the Docker engine answered with an error
+│   ├── NotFound           the container or image is gone (404)
+│   └── Conflict           the engine refused in this state (409)
+├── EngineUnavailable      the engine cannot be reached at all
+├── SandboxStartError      a sandbox could not be made ready
+├── ProtocolError          a sandbox's runner sent something we cannot parse
+└── NoCapacity             no warm sandbox in time (a pool is empty or broken)
 """
 
 from __future__ import annotations

@@ -141,8 +141,14 @@ async def _fetch_node(dest: Path, cache: Path, progress: Progress) -> None:
         if shutil.which("npm") is None:
             raise ImageBuildError("npm is needed to fetch the node binary: apt-get install npm")
         await _run(
-            ["npm", "pack", f"{NODE_PACKAGE}@{NODE_VERSION}", "--silent",
-             "--pack-destination", str(cache)],
+            [
+                "npm",
+                "pack",
+                f"{NODE_PACKAGE}@{NODE_VERSION}",
+                "--silent",
+                "--pack-destination",
+                str(cache),
+            ],
             progress,
             "npm pack",
         )
@@ -185,7 +191,9 @@ async def build_base(
         progress(f"{p.base_tag}: present")
         return
     if shutil.which("debootstrap") is None:
-        raise ImageBuildError("debootstrap is missing: run `cinch setup` (apt-get install debootstrap)")
+        raise ImageBuildError(
+            "debootstrap is missing: run `cinch setup` (apt-get install debootstrap)"
+        )
     work = data_dir / "build"
     work.mkdir(parents=True, exist_ok=True)
     cache = data_dir / "cache" / "debs"
@@ -196,7 +204,9 @@ async def build_base(
         if p.language.debian_packages:
             cmd.append("--include=" + ",".join(p.language.debian_packages))
         cmd += ["bookworm", str(root)]
-        progress(f"{p.base_tag}: debootstrap bookworm (minbase {' '.join(p.language.debian_packages)})")
+        progress(
+            f"{p.base_tag}: debootstrap bookworm (minbase {' '.join(p.language.debian_packages)})"
+        )
         await _run(cmd, progress, "debootstrap")
         if p.language.image_dir == "node":
             progress(f"{p.base_tag}: {NODE_PACKAGE}@{NODE_VERSION}")
@@ -227,7 +237,9 @@ def _runtime_version(root: Path, language: Language) -> str:
 def _compile_supervisor(out: Path) -> None:
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
-        raise ImageBuildError("a C compiler is needed for the supervisor: apt-get install gcc libc6-dev")
+        raise ImageBuildError(
+            "a C compiler is needed for the supervisor: apt-get install gcc libc6-dev"
+        )
     result = subprocess.run(
         [cc, "-O2", "-Wall", "-static", "-o", str(out), str(SUPERVISOR_SRC)],
         capture_output=True,
@@ -240,6 +252,7 @@ def _compile_supervisor(out: Path) -> None:
 def _context_tar(p: ImagePlan, supervisor: Path) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+
         def add(name: str, data: bytes, mode: int) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)

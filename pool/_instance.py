@@ -30,7 +30,7 @@ class Instance:
     @classmethod
     def acquire(cls, data_dir: Path) -> Instance:
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock_file = open(data_dir / "instance.lock", "ab")  # noqa: SIM115 (held for life)
+        lock_file = open(data_dir / "instance.lock", "ab")
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

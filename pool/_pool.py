@@ -311,7 +311,10 @@ class WarmPool:
                 self._breaker_until = trio.current_time() + delay
                 log.warning(
                     "%s pool: %d start failures in a row, breaker open for %.1fs: %s",
-                    self.language, self._consecutive_failures, delay, exc,
+                    self.language,
+                    self._consecutive_failures,
+                    delay,
+                    exc,
                 )
             else:
                 log.info("%s pool: start failed (%s), retry in %.1fs", self.language, exc, delay)
@@ -330,7 +333,8 @@ class WarmPool:
             await trio.sleep(min(30.0, self._max_age_s / 4))
             now = trio.current_time()
             stale = [
-                s for s in self._ready
+                s
+                for s in self._ready
                 if now - self._born.get(s.id, now) > self._max_age_s or s.image != self.image
             ]
             for sandbox in stale:

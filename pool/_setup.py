@@ -145,11 +145,16 @@ def ensure_runsc(progress: Progress) -> str:
             "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         )
         opts = [
-            "-o", f"Dir::Etc::SourceList={sources}",
-            "-o", "Dir::Etc::SourceParts=-",
-            "-o", f"Dir::State::Lists={t / 'lists'}",
-            "-o", f"Dir::Cache={t / 'cache'}",
-            "-o", "APT::Sandbox::User=root",
+            "-o",
+            f"Dir::Etc::SourceList={sources}",
+            "-o",
+            "Dir::Etc::SourceParts=-",
+            "-o",
+            f"Dir::State::Lists={t / 'lists'}",
+            "-o",
+            f"Dir::Cache={t / 'cache'}",
+            "-o",
+            "APT::Sandbox::User=root",
         ]
         _run(["apt-get", *opts, "update", "-q"], progress)
         _run(["apt-get", *opts, "download", f"runsc={RUNSC_VERSION}"], progress, cwd=tmp)

@@ -1,10 +1,10 @@
 """Errors raised by the scheduler.
 
-    SchedulerError
-    ├── UnknownLanguage    the request names no language we run (the caller's fault)
-    ├── NoCapacity         no sandbox within the queue time-out, or the queue is full
-    │                      (ours: retry later); the pool's NoCapacity is translated here
-    └── ShuttingDown       the scheduler no longer accepts runs (ours: retry elsewhere)
+SchedulerError
+├── UnknownLanguage    the request names no language we run (the caller's fault)
+├── NoCapacity         no sandbox within the queue time-out, or the queue is full
+│                      (ours: retry later); the pool's NoCapacity is translated here
+└── ShuttingDown       the scheduler no longer accepts runs (ours: retry elsewhere)
 """
 
 from __future__ import annotations

@@ -12,7 +12,15 @@ def _complete_utf8_prefix(data: bytes) -> bytes:
             continue
         if byte & 0x80 == 0:  # ASCII: complete
             return data
-        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        need = (
+            2
+            if byte & 0xE0 == 0xC0
+            else 3
+            if byte & 0xF0 == 0xE0
+            else 4
+            if byte & 0xF8 == 0xF0
+            else 1
+        )
         return data if back >= need else data[:-back]
     return data
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 MIB = 1024 * 1024
 
 
-class Termination(str, Enum):
+class Termination(StrEnum):
     """Why a run ended."""
 
     EXITED = "exited"
