@@ -72,8 +72,16 @@ class _PoolCollector(Collector):
         )
         for reason, n in stats.rejected_total.items():
             rejected.add_metric([reason], n)
+        warm_hits = CounterMetricFamily(
+            "cinch_runs_warm_hits", "Runs that found a warm sandbox ready on arrival"
+        )
+        warm_hits.add_metric([], stats.warm_hits_total)
+        waited = CounterMetricFamily(
+            "cinch_runs_waited_for_sandbox", "Runs that had to wait for a sandbox to start"
+        )
+        waited.add_metric([], stats.queued_runs_total)
         yield from (ready, paused, starting, size, breaker, starts, failures, start_seconds)
-        yield from (in_flight, queued, rejected)
+        yield from (in_flight, queued, rejected, warm_hits, waited)
 
 
 class Metrics:
