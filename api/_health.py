@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Blueprint, Response, current_app
 
 from ._openapi import openapi_document
@@ -27,45 +29,48 @@ async def readyz() -> Response:
     )
 
 
+def languages_document(config: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """The body of ``GET /languages``; the dashboard's /docs page shows the same facts."""
+    return {
+        "languages": [
+            {
+                "name": name,
+                "aliases": aliases,
+                "version": info.get(name, {}).get("version", ""),
+                "runtime": info.get(name, {}).get("runtime", ""),
+                "file": info.get(name, {}).get("file", ""),
+            }
+            for name, aliases in (
+                ("python", ["python3", "py"]),
+                ("javascript", ["js", "node", "nodejs"]),
+            )
+        ],
+        "limits": {
+            "timeoutSeconds": config.run_timeout_s,
+            "memoryBytes": 256 * 1024 * 1024,
+            "outputBytes": config.output_limit_bytes,
+            "codeBytes": config.max_code_bytes,
+            "stdinBytes": config.max_stdin_bytes,
+            "tmpBytes": 64 * 1024 * 1024,
+            "processes": 128,
+            "network": "none",
+        },
+        "environment": {
+            "cwd": "/tmp/work",
+            "HOME": "/tmp/work",
+            "LANG": "C.UTF-8",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "user": "uid 1000, no capabilities",
+            "filesystem": "read-only root; writable /tmp (64 MB) and /dev/shm (16 MB)",
+            "isolation": "gVisor (runsc), a fresh sandbox per run, destroyed afterwards",
+        },
+    }
+
+
 @bp.get("/languages")
 async def languages() -> Response:
-    config = current_app.config["CINCH"]
-    info = current_app.config["LANGUAGES_INFO"]
     return json_response(
-        {
-            "languages": [
-                {
-                    "name": name,
-                    "aliases": aliases,
-                    "version": info.get(name, {}).get("version", ""),
-                    "runtime": info.get(name, {}).get("runtime", ""),
-                    "file": info.get(name, {}).get("file", ""),
-                }
-                for name, aliases in (
-                    ("python", ["python3", "py"]),
-                    ("javascript", ["js", "node", "nodejs"]),
-                )
-            ],
-            "limits": {
-                "timeoutSeconds": config.run_timeout_s,
-                "memoryBytes": 256 * 1024 * 1024,
-                "outputBytes": config.output_limit_bytes,
-                "codeBytes": config.max_code_bytes,
-                "stdinBytes": config.max_stdin_bytes,
-                "tmpBytes": 64 * 1024 * 1024,
-                "processes": 128,
-                "network": "none",
-            },
-            "environment": {
-                "cwd": "/tmp/work",
-                "HOME": "/tmp/work",
-                "LANG": "C.UTF-8",
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "user": "uid 1000, no capabilities",
-                "filesystem": "read-only root; writable /tmp (64 MB) and /dev/shm (16 MB)",
-                "isolation": "gVisor (runsc), a fresh sandbox per run, destroyed afterwards",
-            },
-        }
+        languages_document(current_app.config["CINCH"], current_app.config["LANGUAGES_INFO"])
     )
 
 
