@@ -6,6 +6,7 @@ The fake "program" is a little script of ``;``-separated steps:
     bytes:N         write N bytes of "x"         sleep:S     sleep S seconds
     exit:N          exit with status N           signal:N    die of signal N
     die             the sandbox ends, no report  oom         the sandbox is OOM-killed
+    killed          the sandbox is killed from outside (not by us): a sandbox error
     forge           a forged exit frame (bad nonce), then carry on
     ignoreint       SIGINT does not stop the program (SIGKILL still does)
 
@@ -88,6 +89,9 @@ class FakeSandbox:
                 continue
             if op == "die":
                 self._death = DeathInfo(137, oom=False, killed_by_us=False, killed_externally=False)
+                return Gone()
+            if op == "killed":
+                self._death = DeathInfo(137, oom=False, killed_by_us=False, killed_externally=True)
                 return Gone()
             if op == "oom":
                 self._death = DeathInfo(137, oom=True, killed_by_us=False, killed_externally=False)

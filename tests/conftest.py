@@ -33,6 +33,18 @@ TEST_OWNER = f"cinch-test-{os.getpid()}-{secrets.token_hex(3)}"
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 
+def run_asyncio(coro_fn: Any, *args: Any) -> Any:
+    """Run an asyncio coroutine function to completion in a thread of its own.
+
+    Works from sync code and from inside a Trio test alike (trio-asyncio's loop
+    policy refuses ``asyncio.run`` in a thread that runs Trio).
+    """
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(coro_fn(*args))).result()
+
+
 def need(condition: bool, reason: str) -> None:
     """Skip (locally) or fail (in CI) when a real component is missing."""
     if condition:
@@ -176,7 +188,7 @@ def fresh_database(pg_url: str) -> str:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    run_asyncio(create)
     if "/postgres?" in pg_url:
         return pg_url.replace("/postgres?", f"/{name}?")
     base, _, query = pg_url.partition("?")
@@ -211,7 +223,7 @@ class LiveServer:
 
     def new_key(self, credits: int = 10_000) -> str:
         """A new account with ``credits`` credits; returns its API key."""
-        return asyncio.run(self._new_key(credits))
+        return str(run_asyncio(self._new_key, credits))
 
     async def _new_key(self, credits: int) -> str:
         import asyncpg
@@ -256,7 +268,7 @@ class LiveServer:
             finally:
                 await conn.close()
 
-        return asyncio.run(run())
+        return list(run_asyncio(run))
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
@@ -270,8 +282,12 @@ def start_live_server(database_url: str, data_dir: Path, **env_overrides: str) -
         "CINCH_DATABASE_URL": database_url,
         "CINCH_HOST": "127.0.0.1",
         "CINCH_PORT": str(port),
-        "CINCH_POOL_PYTHON": "2",
-        "CINCH_POOL_JAVASCRIPT": "2",
+        "CINCH_POOL_PYTHON": "3",
+        "CINCH_POOL_JAVASCRIPT": "3",
+        "CINCH_START_CONCURRENCY": "3",
+        # The test machine is shared and busy: a burst beyond the pools waits for
+        # cold starts, which can take several seconds here.
+        "CINCH_QUEUE_TIMEOUT_S": "15",
         "CINCH_PAYMENTS": "dev",
         **env_overrides,
     }
