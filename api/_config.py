@@ -28,10 +28,10 @@ class Config:
     pool_javascript: int = 2
     max_sandboxes: int = 24
     start_concurrency: int = 2
-    pause_idle: bool = True
+    pause_idle: bool = False
     sandbox_max_age_s: float = 600.0
     runtime_python: str = "runsc-ptrace"
-    runtime_javascript: str = "runsc-systrap"
+    runtime_javascript: str = "runsc-ptrace"
     queue_timeout_s: float = 3.0
     queue_max: int = 64
     run_timeout_s: float = 10.0
