@@ -43,7 +43,10 @@ class SandboxLimits:
     shm_bytes: int = 16 * MB
     nano_cpus: int = 1_000_000_000
     nproc: int = 128
-    pids_limit: int = 1024
+    # Only a backstop (nproc contains fork loops): the host counts gVisor's own
+    # threads and, under ptrace, a stub process per sandboxed process; 128
+    # processes took about 1,300 host pids here, and 1024 crashed the sandbox.
+    pids_limit: int = 4096
     nofile: int = 256
     file_size_bytes: int = 64 * MB
     oom_score_adj: int = 1000
