@@ -151,7 +151,7 @@ class Store:
         try:
             return await _aio(fn)(*args)
         except (
-            asyncpg.PostgresConnectionStatusError,
+            asyncpg.PostgresConnectionError,
             asyncpg.CannotConnectNowError,
             asyncpg.InterfaceError,
             OSError,
