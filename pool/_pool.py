@@ -160,6 +160,11 @@ class WarmPool:
                             log.warning("%s pool: unpause failed: %s", self.language, exc)
                             self._nursery_discard(sandbox)
                             continue
+                        except BaseException:
+                            # Cancelled or timed out after we took it: nobody else
+                            # holds it, so destroy it here or it lives forever.
+                            self._nursery_discard(sandbox)
+                            raise
                         return sandbox
                     self._kick()
                     changed = self._changed
@@ -324,6 +329,14 @@ class WarmPool:
             else:
                 self._live.limiter.release_on_behalf_of(token)
             await trio.sleep(delay)
+        except BaseException:
+            # Cancelled (shutdown) while starting or pausing: what we made is ours to remove.
+            with trio.CancelScope(shield=True):
+                if sandbox is None:
+                    self._live.limiter.release_on_behalf_of(token)
+                elif sandbox not in self._ready:
+                    await self._discard(sandbox)
+            raise
         finally:
             self._starting -= 1
             self._kick()
