@@ -257,7 +257,8 @@ async def ensure_engine(runsc: str, data_dir: Path, progress: Progress) -> Engin
             progress(f"engine: registered runtimes in {DAEMON_JSON}, reloading dockerd (SIGHUP)")
             os.kill(pid, signal.SIGHUP)
             for _ in range(50):
-                if all(n in await _engine_runtimes(socket_path) for n in RUNTIMES):
+                registered = await _engine_runtimes(socket_path)
+                if all(n in registered for n in RUNTIMES):
                     break
                 await trio.sleep(0.2)
             else:
