@@ -282,12 +282,12 @@ def start_live_server(database_url: str, data_dir: Path, **env_overrides: str) -
         "CINCH_DATABASE_URL": database_url,
         "CINCH_HOST": "127.0.0.1",
         "CINCH_PORT": str(port),
-        "CINCH_POOL_PYTHON": "3",
-        "CINCH_POOL_JAVASCRIPT": "3",
+        "CINCH_POOL_PYTHON": "6",
+        "CINCH_POOL_JAVASCRIPT": "6",
         "CINCH_START_CONCURRENCY": "3",
         # The test machine is shared and busy: a burst beyond the pools waits for
         # cold starts, which can take several seconds here.
-        "CINCH_QUEUE_TIMEOUT_S": "15",
+        "CINCH_QUEUE_TIMEOUT_S": "30",
         "CINCH_PAYMENTS": "dev",
         **env_overrides,
     }
