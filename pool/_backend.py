@@ -71,6 +71,10 @@ class DockerSandbox:
         if kind != b"Y":
             raise SandboxStartError(f"unexpected frame {kind!r} before ready")
 
+    def alive_nowait(self) -> bool:
+        """False when the idle sandbox has already ended (engine restart, killed)."""
+        return not self._pending and not self._stream.readable_nowait()
+
     async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
         self._nonce = nonce
         await self._stream.send_all(encode_run(nonce, output_limit, code, stdin))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import struct
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -90,6 +91,14 @@ class AttachStream:
         data = bytes(self._buf[8 : 8 + length])
         del self._buf[: 8 + length]
         return kind, data
+
+    def readable_nowait(self) -> bool:
+        """True if data or EOF is waiting: for an idle sandbox, a sign it has died."""
+        if self._eof or self._buf:
+            return True
+        poller = select.poll()
+        poller.register(self._stream.socket.fileno(), select.POLLIN | select.POLLHUP)
+        return bool(poller.poll(0))
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):

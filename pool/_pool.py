@@ -154,6 +154,11 @@ class WarmPool:
                 while True:
                     if self._ready:
                         sandbox = self._pop_head()
+                        if sandbox.id not in self._paused and not sandbox.alive_nowait():
+                            # Died while idle (e.g. the engine restarted): replace it.
+                            log.info("%s pool: dropping dead sandbox %s", self.language, sandbox.id[:12])
+                            self._nursery_discard(sandbox)
+                            continue
                         try:
                             await self._ensure_unpaused(sandbox)
                         except PoolError as exc:

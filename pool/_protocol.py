@@ -112,6 +112,9 @@ class Sandbox(Protocol):
     @property
     def image(self) -> str: ...
 
+    def alive_nowait(self) -> bool:
+        """Whether an idle (ready) sandbox still looks alive; never blocks."""
+
     async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
         """Hand the program to the waiting supervisor."""
 

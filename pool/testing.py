@@ -40,6 +40,11 @@ class FakeSandbox:
     _ignore_int: bool = False
     stdin: bytes = b""
 
+    dead: bool = False
+
+    def alive_nowait(self) -> bool:
+        return not self.destroyed and not self.dead
+
     async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
         assert not self.paused, "run sent to a paused sandbox"
         assert not self.destroyed
