@@ -220,15 +220,15 @@ class DockerBackend:
                 ) from exc
             raise
 
-    async def pause(self, sandbox: DockerSandbox) -> None:  # type: ignore[override]
+    async def pause(self, sandbox: DockerSandbox) -> None:
         await self.client.pause(sandbox.id)
         sandbox.paused = True
 
-    async def unpause(self, sandbox: DockerSandbox) -> None:  # type: ignore[override]
+    async def unpause(self, sandbox: DockerSandbox) -> None:
         await self.client.unpause(sandbox.id)
         sandbox.paused = False
 
-    async def destroy(self, sandbox: DockerSandbox) -> None:  # type: ignore[override]
+    async def destroy(self, sandbox: DockerSandbox) -> None:
         with trio.CancelScope(shield=True):
             sandbox.killed_by_us = True
             await sandbox._stream.aclose()

@@ -175,7 +175,7 @@ async def _tar_stream(root: Path) -> AsyncIterator[bytes]:
     try:
         assert proc.stdout is not None
         while chunk := await proc.stdout.receive_some(1 << 20):
-            yield chunk
+            yield bytes(chunk)
     finally:
         with trio.CancelScope(shield=True):
             await proc.wait()

@@ -134,15 +134,15 @@ class FakeBackend:
         self.created.append(sandbox)
         return sandbox
 
-    async def pause(self, sandbox: FakeSandbox) -> None:  # type: ignore[override]
+    async def pause(self, sandbox: FakeSandbox) -> None:
         await trio.sleep(0.03)
         sandbox.paused = True
 
-    async def unpause(self, sandbox: FakeSandbox) -> None:  # type: ignore[override]
+    async def unpause(self, sandbox: FakeSandbox) -> None:
         await trio.sleep(0.03)
         sandbox.paused = False
 
-    async def destroy(self, sandbox: FakeSandbox) -> None:  # type: ignore[override]
+    async def destroy(self, sandbox: FakeSandbox) -> None:
         with trio.CancelScope(shield=True):
             await trio.sleep(0.1)
         sandbox.destroyed = True
