@@ -29,11 +29,25 @@ async function warmUp() {
   await import("/opt/cinch/warm.mjs");
 }
 
+// Node emits 'exit' *before* it prints an uncaught exception (or an unhandled
+// rejection) and dies.  Reporting from 'exit' then would end the run before the
+// error reaches stderr, so a fatal error is left to the supervisor's waitpid.
+let fatal = false;
+function onUncaught() {
+  if (
+    process.listenerCount("uncaughtException") === 0 &&
+    !process.hasUncaughtExceptionCaptureCallback()
+  ) {
+    fatal = true;
+  }
+}
+
 function reportExit(code) {
   // Run the program's own 'exit' listeners first, then report.
   const others = process.listeners("exit").filter((fn) => fn !== reportExit);
   process.removeAllListeners("exit");
   for (const fn of others) fn.call(process, code);
+  if (fatal) return;
   const final = process.exitCode ?? code;
   const buf = Buffer.alloc(5);
   buf.write("x");
@@ -56,6 +70,7 @@ function runProgram() {
       if (err.code !== "EAGAIN" && err.code !== "EINTR") throw err;
     }
   }
+  process.on("uncaughtExceptionMonitor", onUncaught);
   process.on("exit", reportExit);
   process.argv[1] = PATH;
   Module.runMain(PATH);
