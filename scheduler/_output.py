@@ -37,24 +37,30 @@ class OutputCollector:
         self.limit = limit
         self.total = 0
         self.truncated = False
-        self._parts: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        self._data: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
 
     def add(self, stream: str, data: bytes) -> bool:
         if self.truncated:
             return False
         room = self.limit - self.total
+        buf = self._data[stream]
         if len(data) > room:
-            kept = _complete_utf8_prefix(data[:room])
-            self._parts[stream].append(kept)
-            self.total += len(kept)
+            buf += data[:room]
+            # The incomplete sequence may have begun in an earlier chunk (chunks
+            # follow pipe reads, not characters): look at the stream's own tail.
+            tail = bytes(buf[-4:])
+            dropped = len(tail) - len(_complete_utf8_prefix(tail))
+            if dropped:
+                del buf[-dropped:]
+            self.total += room - dropped
             self.truncated = True
             return False
-        self._parts[stream].append(data)
+        buf += data
         self.total += len(data)
         return True
 
     def decode(self) -> tuple[str, str]:
         return (
-            b"".join(self._parts["stdout"]).decode("utf-8", "replace"),
-            b"".join(self._parts["stderr"]).decode("utf-8", "replace"),
+            self._data["stdout"].decode("utf-8", "replace"),
+            self._data["stderr"].decode("utf-8", "replace"),
         )
