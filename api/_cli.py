@@ -123,6 +123,10 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from ._service import SetupNeeded, serve
 
     async def on_ready(service: Any) -> None:
+        # Say "up" only once the first call will find a warm sandbox.
+        with trio.move_on_after(120):
+            for name in service.scheduler.languages:
+                await service.scheduler.pool(name).wait_ready()
         _say(f"Cinch is up on {service.base_url} (instance {service.instance.id}).")
         if args.local_key:
             await _ensure_local_key(service)

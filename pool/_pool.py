@@ -178,6 +178,12 @@ class WarmPool:
                 self._waiting -= 1
         raise NoCapacity(f"no {self.language} sandbox ready within {timeout_s:g}s")
 
+    async def wait_ready(self) -> None:
+        """Return once a sandbox is ready (at once for a pool of size 0)."""
+        while self.size > 0 and not self._ready:
+            changed = self._changed
+            await changed.wait()
+
     async def release(self, sandbox: Sandbox) -> None:
         """Destroy a sandbox that was taken (always: sandboxes are never reused)."""
         try:
