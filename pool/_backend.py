@@ -30,6 +30,7 @@ log = logging.getLogger("cinch.pool")
 
 READY_TIMEOUT_S = 20.0
 DESTROY_TIMEOUT_S = 20.0
+OOM_EVENT_GRACE_S = 0.5
 
 
 @dataclass
@@ -165,6 +166,12 @@ class DockerBackend:
         with trio.move_on_after(1.0):
             while "die" not in self._events.get(sandbox.id, set()):
                 await self._event_arrived.wait()
+        # And 'oom' may trail 'die' (seen: 80 ms under load; Docker sets OOMKilled
+        # only when it arrives): a death we did not cause waits a moment for it.
+        if not sandbox.killed_by_us:
+            with trio.move_on_after(OOM_EVENT_GRACE_S):
+                while "oom" not in self._events.get(sandbox.id, set()):
+                    await self._event_arrived.wait()
         actions = self._events.get(sandbox.id, set())
         exit_code: int | None = None
         oom = "oom" in actions
