@@ -233,27 +233,30 @@ async def _authorized_run(
             request_id=request_id,
         )
         budget = HoldBudget(store, hold_id, auth.hold_amount)
-        try:
-            result = await scheduler.run(run_request, budget)
-        except (NoCapacity, ShuttingDown) as exc:
-            retry = getattr(exc, "retry_after_s", 2.0)
-            raise ApiError(
-                503,
-                f"no sandbox available right now: {exc}",
-                headers={"Retry-After": str(max(1, round(retry)))},
-            ) from None
-        settlement = await _settle(store, hold_id, auth, result, request_id)
-        hold_id = None
-        metrics.runs.labels(result.language, result.termination.value).inc()
-        metrics.run_duration.labels(result.language).observe(result.duration_ms / 1000)
-        metrics.queue_wait.labels(result.language).observe(result.queue_ms / 1000)
-        metrics.credits_charged.inc(settlement.charged)
-        body = result_body(result, settlement.charged)
-        if owned_idem:
-            assert idem_key is not None
-            await store.idempotency_finish(auth.account_id, idem_key, 200, body)
-            owned_idem = False
-            _notify_idempotency(app, auth.account_id, idem_key)
+        # A client that hangs up does not stop the run or its bill: the run is
+        # bounded by its own limits, and settling it is what makes it paid for.
+        with trio.CancelScope(shield=True):
+            try:
+                result = await scheduler.run(run_request, budget)
+            except (NoCapacity, ShuttingDown) as exc:
+                retry = getattr(exc, "retry_after_s", 2.0)
+                raise ApiError(
+                    503,
+                    f"no sandbox available right now: {exc}",
+                    headers={"Retry-After": str(max(1, round(retry)))},
+                ) from None
+            settlement = await _settle(store, hold_id, auth, result, request_id)
+            hold_id = None
+            metrics.runs.labels(result.language, result.termination.value).inc()
+            metrics.run_duration.labels(result.language).observe(result.duration_ms / 1000)
+            metrics.queue_wait.labels(result.language).observe(result.queue_ms / 1000)
+            metrics.credits_charged.inc(settlement.charged)
+            body = result_body(result, settlement.charged)
+            if owned_idem:
+                assert idem_key is not None
+                await store.idempotency_finish(auth.account_id, idem_key, 200, body)
+                owned_idem = False
+                _notify_idempotency(app, auth.account_id, idem_key)
         return json_response(
             body,
             200,

@@ -210,3 +210,22 @@ async def test_errors_over_real_http_are_json(cinch_live):
         )
         assert r.status_code == 413
         assert "error" in r.json()
+
+
+async def test_a_client_that_hangs_up_still_pays_for_its_run(cinch_live):
+    key = cinch_live.new_key(10_000)
+    async with httpx.AsyncClient(base_url=cinch_live.base_url, timeout=0.8) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await _run(client, key, {"code": "import time; time.sleep(2); print('done')"})
+    charged = 0
+    with trio.move_on_after(30):
+        while not charged:
+            await trio.sleep(0.25)
+            rows = await trio.to_thread.run_sync(
+                cinch_live.query,
+                "SELECT coalesce(sum(-l.amount), 0) AS c FROM ledger l JOIN api_keys k "
+                "ON k.account_id = l.account_id WHERE k.last4 = $1 AND l.kind = 'charge'",
+                key[-4:],
+            )
+            charged = rows[0]["c"]
+    assert charged >= 1900, "the run went on after the client left and was charged in full"
