@@ -21,8 +21,11 @@ const STATUS_FD = 3;
 
 async function warmUp() {
   // First use of each costs milliseconds: do it before the program arrives.
-  process.stdout;
-  process.stderr;
+  // Creating the stdio streams puts pipe fds 1 and 2 in non-blocking mode (libuv);
+  // `node main.js` leaves them blocking until the program touches them, so a
+  // program that writes with fs.writeSync(1, ...) faster than we read would get
+  // EAGAIN here and not there.  Blocking writes are what Node does for pipes anyway.
+  for (const stream of [process.stdout, process.stderr]) stream._handle?.setBlocking?.(true);
   util.format("%s %d %j", "a", 1, { b: [2] });
   util.inspect({ a: [1, "x", { b: null }], c: new Map([[1, 2]]) });
   require("/opt/cinch/warm.js");
