@@ -238,16 +238,18 @@ def cmd_password_reset(config: Config, args: argparse.Namespace) -> int:
         _say("the password must be at least 8 characters")
         return 1
 
-    async def run(store: Any) -> None:
+    async def run(store: Any) -> int:
         account_id = await _account_id(store, args.email)
         await store.execute(
             "UPDATE accounts SET password_hash = $2 WHERE id = $1",
             account_id,
             hash_password(password),
         )
+        # Whoever knew the old password is logged out of the dashboard too.
+        return int(await store.delete_account_sessions(account_id))
 
-    _with_store(config, run)
-    _say(f"password of {args.email} reset")
+    ended = _with_store(config, run)
+    _say(f"password of {args.email} reset; {ended} dashboard session(s) logged out")
     return 0
 
 
