@@ -3,6 +3,9 @@
 -- because its ledger row carries ref 'stripe:<checkout session id>' or 'dev:<payment id>'
 -- and ledger(kind, ref) is unique.
 
+-- E-mail addresses are unique whatever their case (log-in looks them up by lower(email)).
+CREATE UNIQUE INDEX accounts_email_lower ON accounts (lower(email));
+
 -- Server-side sessions: the cookie holds a random token, the table only its SHA-256.
 CREATE TABLE sessions (
     token_hash   bytea PRIMARY KEY,

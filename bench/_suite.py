@@ -1,0 +1,545 @@
+"""What one ``python -m bench`` invocation measures, in order, with every loop bounded."""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from api import Config
+from pool import DockerClient, socket_path_from_env
+from pool._images import current_tags
+from scheduler import SchedulerConfig
+
+from ._docker_run import DockerRun
+from ._engine import TimedClient, open_scheduler, remove_owned, sandbox_cgroup_parent
+from ._engine import wait_pools_full as _wait_pools_full
+from ._http import HttpTarget
+from ._model import Sample, Series
+from ._sched import SchedulerTarget, idle_cost, lifecycle_probe
+from ._servers import OwnServer, start_server, stop_server
+from ._shapes import burst, closed_loop, sequential
+from ._stats import summarize
+from ._workloads import PRINT, WORKLOADS, Workload
+
+HTTP_WARM = "HTTP, warm pool"
+HTTP_COLD = "HTTP, cold path (pool 0)"
+DOCKER = "docker run"
+SCHED_WARM = "scheduler, warm pool (no HTTP)"
+LANGUAGES = ("python", "javascript")
+
+
+@dataclass
+class Options:
+    modes: tuple[str, ...] = ("http", "scheduler", "idle")
+    languages: tuple[str, ...] = LANGUAGES
+    samples: int = 200
+    cold_samples: int = 50
+    workload_samples: int = 20
+    workloads: tuple[str, ...] = ("cpu200", "out500k_once", "out500k_lines")
+    bursts: int = 3
+    burst_size: int = 16
+    callers: int = 8
+    closed_loop_s: float = 60.0
+    closed_loop_languages: tuple[str, ...] = ("python",)
+    pause_s: float = 0.4
+    probe_lives: int = 10
+    idle_settle_s: float = 3.0
+    idle_window_s: float = 10.0
+    url: str = ""
+    key: str = ""
+    cold: bool = True
+    docker: bool = True
+    database_url: str = ""
+    series_max_s: float = 900.0
+    workdir: Path | None = None
+    progress: Callable[[str], None] = print
+
+
+@dataclass
+class Results:
+    series: list[Series] = field(default_factory=list)
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)
+    engine_calls: dict[str, Any] = field(default_factory=dict)
+    idle: list[dict[str, Any]] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def find(self, variant: str, language: str, workload: str, kind: str) -> Series | None:
+        for s in self.series:
+            if (s.variant, s.language, s.workload, s.kind) == (variant, language, workload, kind):
+                return s
+        return None
+
+
+def _seq_shape(opts: Options, n: int, settle: bool) -> str:
+    wait = " and until the pool is full again" if settle else ""
+    return (
+        f"sequential: one request at a time, a pause of {opts.pause_s:g} s{wait} after each "
+        f"answer (offered load below the refill rate: runs/s shows it), one language at a "
+        f"time; {n} samples"
+    )
+
+
+def _closed_shape(opts: Options) -> str:
+    return f"closed loop: {opts.callers} callers, {opts.closed_loop_s:g} s, print(2+2)"
+
+
+WarmCounters = Callable[[], Awaitable[tuple[int, int] | None]]
+RunFn = Callable[[str, Workload], Awaitable[Sample]]
+
+
+async def _measure(
+    results: Results,
+    series: Series,
+    body: Callable[[], Awaitable[tuple[list[Sample], float | None]]],
+    counters: WarmCounters | None,
+    source: str,
+    progress: Callable[[str], None],
+) -> Series:
+    before = await counters() if counters else None
+    samples, elapsed = await body()
+    after = await counters() if counters else None
+    series.samples = samples
+    series.elapsed_s = elapsed
+    if before is not None and after is not None:
+        hits = after[0] - before[0]
+        series.warm_hits = hits
+        series.warm_total = hits + after[1] - before[1]
+        series.warm_source = source
+    results.series.append(series)
+    s = series.summary()
+    c = s["client_ms"]
+    progress(
+        f"  {series.variant:32} {series.language:10} {series.workload:28} {series.kind:11} "
+        f"n={s['ok']}/{s['requests']} p50={c['p50']} p99={c['p99']} ms"
+        + (f" {s['throughput_rps']}/s" if s["throughput_rps"] else "")
+        + (f" warm-hit={s['warm_hit_ratio']}" if s["warm_hit_ratio"] is not None else "")
+        + (f" errors={s['errors']}" if s["errors"] else "")
+    )
+    return series
+
+
+async def _standard_series(
+    results: Results,
+    opts: Options,
+    variant: str,
+    run: RunFn,
+    *,
+    n_seq: int,
+    counters: WarmCounters | None,
+    source: str,
+    wait_idle: Callable[[], Awaitable[Any]] | None,
+    workloads: bool,
+    bursts: bool,
+) -> None:
+    """print(2+2) sequential, then (optionally) the other workloads, bursts and the closed loop."""
+
+    def calls(workload: Workload) -> dict[str, Callable[[str], Awaitable[Sample]]]:
+        return {lang: functools.partial(run, workload=workload) for lang in opts.languages}
+
+    async def settle() -> None:
+        if wait_idle is not None:
+            await wait_idle()
+
+    for lang in opts.languages:
+        await settle()
+
+        async def seq(lang: str = lang) -> tuple[list[Sample], float | None]:
+            got, elapsed = await sequential(
+                calls(PRINT), [lang], n_seq, opts.pause_s, opts.series_max_s, wait_idle
+            )
+            return got[lang], elapsed
+
+        await _measure(
+            results,
+            Series(
+                variant,
+                lang,
+                PRINT.title,
+                _seq_shape(opts, n_seq, wait_idle is not None),
+                "sequential",
+            ),
+            seq,
+            counters,
+            source,
+            opts.progress,
+        )
+    if workloads:
+        for lang in opts.languages:
+            for workload in (WORKLOADS[name] for name in opts.workloads):
+                await settle()
+
+                async def wl(
+                    lang: str = lang, w: Workload = workload
+                ) -> tuple[list[Sample], float | None]:
+                    got, elapsed = await sequential(
+                        calls(w),
+                        [lang],
+                        opts.workload_samples,
+                        opts.pause_s,
+                        opts.series_max_s,
+                        wait_idle,
+                    )
+                    return got[lang], elapsed
+
+                await _measure(
+                    results,
+                    Series(
+                        variant,
+                        lang,
+                        workload.title,
+                        _seq_shape(opts, opts.workload_samples, wait_idle is not None),
+                        "sequential",
+                    ),
+                    wl,
+                    counters,
+                    source,
+                    opts.progress,
+                )
+    if bursts and opts.bursts > 0:
+        for lang in opts.languages:
+            makespans: list[float] = []
+
+            async def bursts_body(
+                lang: str = lang, makespans: list[float] = makespans
+            ) -> tuple[list[Sample], float]:
+                samples: list[Sample] = []
+                for _ in range(opts.bursts):
+                    await settle()
+                    got, makespan = await burst(
+                        functools.partial(run, workload=PRINT), lang, opts.burst_size
+                    )
+                    samples += got
+                    makespans.append(makespan)
+                return samples, sum(makespans)
+
+            series = Series(
+                variant,
+                lang,
+                PRINT.title,
+                f"burst: {opts.burst_size} requests released at once, full pool before each; "
+                f"{opts.bursts} bursts",
+                "burst",
+            )
+            await _measure(results, series, bursts_body, counters, source, opts.progress)
+            series.extra["burst_wall_ms"] = [round(m * 1000, 1) for m in makespans]
+    for lang in opts.closed_loop_languages:
+        if lang not in opts.languages:
+            continue
+        await settle()
+
+        async def loop(lang: str = lang) -> tuple[list[Sample], float]:
+            return await closed_loop(
+                functools.partial(run, workload=PRINT), lang, opts.callers, opts.closed_loop_s
+            )
+
+        await _measure(
+            results,
+            Series(variant, lang, PRINT.title, _closed_shape(opts), "closed-loop"),
+            loop,
+            counters,
+            source,
+            opts.progress,
+        )
+
+
+async def docker_series(results: Results, opts: Options, runner: DockerRun) -> None:
+    async def run(language: str, workload: Workload) -> Sample:
+        assert workload is PRINT
+        return await runner.run_once(language)
+
+    await _standard_series(
+        results,
+        opts,
+        DOCKER,
+        run,
+        n_seq=opts.cold_samples,
+        counters=None,
+        source="",
+        wait_idle=None,
+        workloads=False,
+        bursts=False,
+    )
+
+
+async def http_suite(results: Results, opts: Options, workdir: Path, config: Config) -> None:
+    servers: list[OwnServer] = []
+    try:
+        async with httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        ) as client:
+            targets: list[tuple[str, HttpTarget]] = []
+            if opts.url:
+                targets.append((HTTP_WARM, HttpTarget(HTTP_WARM, opts.url, opts.key, client)))
+                results.notes.append(f"HTTP warm pool: the given server {opts.url}")
+            else:
+                opts.progress("starting a Cinch server with warm pools ...")
+                warm = await trio.to_thread.run_sync(
+                    lambda: start_server(
+                        "warm",
+                        workdir,
+                        pool_python=config.pool_python,
+                        pool_javascript=config.pool_javascript,
+                        database_url=opts.database_url,
+                    )
+                )
+                servers.append(warm)
+                targets.append((HTTP_WARM, HttpTarget(HTTP_WARM, warm.base_url, warm.key, client)))
+                if opts.cold:
+                    opts.progress("starting a Cinch server with pool size 0 ...")
+                    cold = await trio.to_thread.run_sync(
+                        lambda: start_server(
+                            "cold",
+                            workdir,
+                            pool_python=0,
+                            pool_javascript=0,
+                            database_url=opts.database_url,
+                        )
+                    )
+                    servers.append(cold)
+                    targets.append(
+                        (HTTP_COLD, HttpTarget(HTTP_COLD, cold.base_url, cold.key, client))
+                    )
+            for variant, target in targets:
+                info = await target.languages_info()
+                results.setup.setdefault("http_servers", {})[variant] = {
+                    "base_url": target.base_url,
+                    "runtimes": info,
+                }
+                metrics_ok = await target.warm_counters() is not None
+                if not metrics_ok:
+                    results.notes.append(
+                        f"{variant}: the server exports no cinch_runs_warm_hits_total; "
+                        "warm-hit ratios there come from queueMs"
+                    )
+                is_warm = variant == HTTP_WARM
+                opts.progress(f"{variant} ({target.base_url}):")
+                await _standard_series(
+                    results,
+                    opts,
+                    variant,
+                    target.run,
+                    n_seq=opts.samples if is_warm else opts.cold_samples,
+                    counters=target.warm_counters if metrics_ok else None,
+                    source="server counter cinch_runs_warm_hits_total (delta over the series)",
+                    wait_idle=functools.partial(target.wait_idle, list(opts.languages)),
+                    workloads=is_warm,
+                    bursts=is_warm,
+                )
+    finally:
+        for server in servers:
+            await trio.to_thread.run_sync(stop_server, server)
+
+
+async def scheduler_suite(
+    results: Results,
+    opts: Options,
+    *,
+    socket_path: str,
+    owner: str,
+    images: dict[str, str],
+    runtimes: dict[str, str],
+    config: Config,
+    cgroup_parent: str | None,
+) -> None:
+    for lang in opts.languages:
+        opts.progress(f"sandbox life, phase by phase: {lang} ({opts.probe_lives} lives) ...")
+        probe = await lifecycle_probe(
+            socket_path,
+            owner=f"{owner}-probe",
+            language=lang,
+            image=images[lang],
+            runtime=runtimes[lang],
+            cgroup_parent=cgroup_parent,
+            lives=opts.probe_lives,
+        )
+        results.lifecycle.append(probe)
+        opts.progress(
+            f"  {lang}: tracked CPU per life {probe['life_cpu_ms_mean_tracked']} ms "
+            f"(machine {probe['life_cpu_ms_mean']['machine']} ms)"
+        )
+    client = TimedClient(socket_path)
+    try:
+        async with open_scheduler(
+            client,
+            owner=f"{owner}-sched",
+            images=images,
+            runtimes=runtimes,
+            pool_sizes={lang: config.pool_sizes()[lang] for lang in opts.languages},
+            start_concurrency=config.start_concurrency,
+            max_sandboxes=config.max_sandboxes,
+            cgroup_parent=cgroup_parent,
+            pause_idle=config.pause_idle,
+            scheduler_config=SchedulerConfig(
+                queue_timeout_s=config.queue_timeout_s,
+                queue_max=config.queue_max,
+                max_run_timeout_s=config.run_timeout_s,
+            ),
+        ) as wired:
+            target = SchedulerTarget(wired.scheduler)
+
+            async def counters() -> tuple[int, int]:
+                return target.warm_counters()
+
+            async def wait_full() -> None:
+                await _wait_pools_full(wired.pools)
+                with trio.move_on_after(30):
+                    while wired.scheduler.statistics().destroying:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+
+            opts.progress(f"{SCHED_WARM}:")
+            calls_before = {k: len(v) for k, v in client.calls.items()}
+            await _standard_series(
+                results,
+                opts,
+                SCHED_WARM,
+                target.run,
+                n_seq=opts.samples,
+                counters=counters,
+                source="Scheduler.statistics().warm_hits_total (delta over the series)",
+                wait_idle=wait_full,
+                workloads=False,
+                bursts=False,
+            )
+            results.engine_calls = {
+                name: summarize(times[calls_before.get(name, 0) :])
+                for name, times in sorted(client.calls.items())
+            }
+    finally:
+        await client.aclose()
+
+
+async def idle_suite(
+    results: Results,
+    opts: Options,
+    *,
+    socket_path: str,
+    owner: str,
+    images: dict[str, str],
+    config: Config,
+    cgroup_parent: str | None,
+    platforms: dict[str, str],
+) -> None:
+    configured = config.runtimes()
+    for lang in opts.languages:
+        for platform, runtime in sorted(platforms.items()):
+            size = max(2, config.pool_sizes()[lang])
+            opts.progress(f"idle cost: {lang} on {runtime}, {size} sandboxes ...")
+            row = await idle_cost(
+                socket_path,
+                owner=f"{owner}-idle-{lang}-{platform}",
+                language=lang,
+                image=images[lang],
+                runtime=runtime,
+                size=size,
+                cgroup_parent=cgroup_parent,
+                settle_s=opts.idle_settle_s,
+                window_s=opts.idle_window_s,
+                start_concurrency=config.start_concurrency,
+            )
+            row["platform"] = platform
+            row["configured"] = configured[lang] == runtime
+            results.idle.append(row)
+            opts.progress(
+                f"  {lang}/{platform}: {row.get('pss_mb_per_sandbox')} MB PSS per sandbox, "
+                f"pool {row.get('pool_cpu_pct_of_core')} % of a core"
+            )
+
+
+async def run_all(opts: Options) -> Results:
+    """Everything ``opts.modes`` asks for; returns the raw results (see :mod:`bench._report`)."""
+    results = Results()
+    config = Config.from_env()
+    bench_id = f"bench-{os.getpid()}-{secrets.token_hex(3)}"
+    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="cinch-bench-"))
+    socket_path = socket_path_from_env()
+    images = current_tags()
+    runtimes = config.runtimes()
+    results.setup.update(
+        {
+            "bench_id": bench_id,
+            "owner_label": f"cinch.owner={bench_id}*",
+            "images": images,
+            "runtimes": runtimes,
+            "pool_sizes": config.pool_sizes(),
+            "start_concurrency": config.start_concurrency,
+            "max_sandboxes": config.max_sandboxes,
+            "pause_idle": config.pause_idle,
+            "queue_timeout_s": config.queue_timeout_s,
+            "workdir": str(workdir),
+        }
+    )
+    t0 = time.monotonic()
+    async with DockerClient(socket_path) as client:
+        info = await client.info()
+        for lang in opts.languages:
+            if not await client.image_exists(images[lang]):
+                raise SystemExit(f"image {images[lang]} is missing: run `cinch setup` first")
+        cgroup_parent = await sandbox_cgroup_parent(client)
+        platforms = {
+            name.removeprefix("runsc-"): name
+            for name in info.get("Runtimes", {})
+            if name.startswith("runsc-")
+        }
+        results.setup.update(
+            {
+                "engine": f"dockerd {info.get('ServerVersion', '?')}",
+                "cgroup_parent": cgroup_parent,
+                "cgroup_driver": info.get("CgroupDriver"),
+                "runsc_runtimes": platforms,
+            }
+        )
+        runner = DockerRun(bench_id, images, runtimes, cgroup_parent)
+        try:
+            if "http" in opts.modes or "scheduler" in opts.modes:
+                if opts.docker:
+                    results.setup["docker_client"] = runner.client_name
+                    opts.progress(f"{DOCKER} ({runner.client_name}):")
+                    await docker_series(results, opts, runner)
+            if "http" in opts.modes:
+                await http_suite(results, opts, workdir, config)
+            if "scheduler" in opts.modes:
+                await scheduler_suite(
+                    results,
+                    opts,
+                    socket_path=socket_path,
+                    owner=bench_id,
+                    images=images,
+                    runtimes=runtimes,
+                    config=config,
+                    cgroup_parent=cgroup_parent,
+                )
+            if "idle" in opts.modes:
+                await idle_suite(
+                    results,
+                    opts,
+                    socket_path=socket_path,
+                    owner=bench_id,
+                    images=images,
+                    config=config,
+                    cgroup_parent=cgroup_parent,
+                    platforms=platforms,
+                )
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(120):
+                left = await runner.cleanup()
+                for suffix in (
+                    "-probe",
+                    "-sched",
+                    *(f"-idle-{lang}-{p}" for lang in LANGUAGES for p in platforms),
+                ):
+                    left += await remove_owned(client, bench_id + suffix)
+                if left:
+                    results.notes.append(f"removed {left} leftover bench containers")
+    results.setup["wall_s"] = round(time.monotonic() - t0, 1)
+    return results

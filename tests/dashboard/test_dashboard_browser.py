@@ -1,0 +1,156 @@
+"""The dashboard in a real headless Chromium against a live server (dev payments).
+
+One user's whole story: sign up, see the key once, run code with it through the Python
+SDK, see the run in usage, regenerate the key (the old one gets 401), top up with the
+development provider, log out and in again.  Screenshots of each page are saved under
+tests/artifacts/dashboard/.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pangolin import CinchError, Sandbox
+from selenium.webdriver.common.by import By
+
+from .conftest import screenshot
+from .web import PASSWORD, new_email
+
+pytestmark = [pytest.mark.browser, pytest.mark.gvisor, pytest.mark.postgres]
+
+
+def _number(driver, element_id: str) -> int:
+    return int(driver.find_element(By.ID, element_id).text.replace(",", ""))
+
+
+def _fill(driver, **fields: str) -> None:
+    for name, value in fields.items():
+        element = driver.find_element(By.ID, name)
+        element.clear()
+        element.send_keys(value)
+
+
+def test_sign_up_run_see_usage_regenerate_and_top_up(cinch_live, browser):
+    base = cinch_live.base_url
+    b = browser
+
+    # Home -> sign up.
+    b.get(base + "/")
+    assert "Run untrusted code in one API call." in b.find_element(By.TAG_NAME, "h1").text
+    screenshot(b, "01-home")
+    b.find_element(By.LINK_TEXT, "Sign up").click()
+    assert b.current_url == base + "/signup"
+
+    # A bad form shows clear errors and keeps the e-mail.
+    _fill(b, email="not-an-email", password="short")
+    b.find_element(By.ID, "signup-submit").click()
+    errors = [e.text for e in b.find_elements(By.CSS_SELECTOR, ".field-error")]
+    assert errors == [
+        "Enter a valid e-mail address, like you@example.com.",
+        "Use at least 8 characters.",
+    ]
+    assert b.find_element(By.ID, "email").get_attribute("value") == "not-an-email"
+    screenshot(b, "02-signup-errors")
+
+    email = new_email("browser")
+    _fill(b, email=email, password=PASSWORD)
+    b.find_element(By.ID, "signup-submit").click()
+
+    # The key, shown once, with a copy button and a warning.
+    key = b.find_element(By.ID, "new-key").text
+    assert key.startswith("cinch_live_")
+    assert len(key) >= len("cinch_live_") + 43
+    assert "will not be shown again" in b.find_element(By.ID, "reveal").text
+    b.find_element(By.ID, "copy-key").click()
+    assert b.find_element(By.ID, "copy-key").text in ("Copied", "Copy")
+    screenshot(b, "03-keys-new-key")
+    b.get(base + "/dashboard/keys")
+    assert key not in b.page_source
+    assert key[-4:] in b.find_element(By.ID, "keys").text
+    assert not b.find_elements(By.ID, "new-key")
+
+    # Run code with the key through the Python SDK.
+    result = Sandbox(api_key=key, base_url=base).run("print(6 * 7)")
+    assert result.stdout == "42\n"
+    assert result.exit_code == 0
+
+    # The run is in usage, charged, next to the sign-up grant.
+    b.find_element(By.LINK_TEXT, "Usage").click()
+    rows = b.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+    assert len(rows) == 1
+    cells = [c.text for c in rows[0].find_elements(By.TAG_NAME, "td")]
+    assert cells[1] == "python"
+    assert cells[2] == f"{result.duration_ms:,} ms"
+    charged = int(cells[3].replace(",", ""))
+    assert charged == result.duration_ms
+    assert cells[4] == "exited"
+    assert cells[5] == "0"
+    assert _number(b, "balance") == 10_000 - charged
+    kinds = [
+        r.get_attribute("data-kind") for r in b.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")
+    ]
+    assert kinds == ["charge", "grant"]
+    assert b.find_element(By.CSS_SELECTOR, "svg.chart").get_attribute("role") == "img"
+    assert len(b.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")) == 30
+    screenshot(b, "04-usage")
+
+    # Regenerate: a new key is shown once, and the old key fails on the very next request.
+    b.find_element(By.LINK_TEXT, "API keys").click()
+    b.find_element(By.CSS_SELECTOR, "#keys form[action$='/regenerate'] button").click()
+    alert = b.switch_to.alert
+    assert "stops working immediately" in alert.text
+    alert.accept()
+    new_key = b.find_element(By.ID, "new-key").text
+    assert new_key.startswith("cinch_live_")
+    assert new_key != key
+    assert "The old key was revoked" in b.find_element(By.ID, "notice").text
+    screenshot(b, "05-keys-regenerated")
+    with pytest.raises(CinchError) as caught:
+        Sandbox(api_key=key, base_url=base).run("print(1)")
+    assert caught.value.status == 401
+    assert Sandbox(api_key=new_key, base_url=base).run("print('new')").stdout == "new\n"
+    keys_text = b.find_element(By.ID, "keys").text
+    assert new_key[-4:] in keys_text
+    assert key[-4:] not in keys_text
+
+    # Top up with the development provider.
+    b.find_element(By.LINK_TEXT, "Top up").click()
+    assert "Development payment provider" in b.find_element(By.ID, "dev-provider").text
+    assert "1 USD buys 10,000 credits" in b.find_element(By.ID, "price").text
+    before = _number(b, "balance")
+    _fill(b, amount="4")
+    assert "The smallest top-up is $5." in b.find_element(By.ID, "amount-credits").text  # live hint
+    b.find_element(By.ID, "topup-submit").click()
+    assert "The smallest top-up is $5." in b.find_element(By.ID, "form-errors").text
+    assert _number(b, "balance") == before
+    _fill(b, amount="7.50")
+    assert b.find_element(By.ID, "amount-credits").text == "You get 75,000 credits."
+    screenshot(b, "06-topup")
+    b.find_element(By.ID, "topup-submit").click()
+    assert "Added 75,000 credits" in b.find_element(By.ID, "notice").text
+    assert _number(b, "balance") == before + 75_000
+    screenshot(b, "07-topup-done")
+    b.find_element(By.LINK_TEXT, "Usage").click()
+    assert _number(b, "balance") == before + 75_000
+    kinds = [
+        r.get_attribute("data-kind") for r in b.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")
+    ]
+    assert kinds[0] == "topup"
+
+    # Docs are public and show the examples.
+    b.find_element(By.LINK_TEXT, "Docs").click()
+    assert b.find_element(By.ID, "example-curl").text.startswith(f"curl -s {base}/run")
+    screenshot(b, "08-docs")
+
+    # Log out, pages are closed; log in again lands on usage.
+    b.find_element(By.ID, "logout").click()
+    assert "You are logged out." in b.find_element(By.CSS_SELECTOR, "[role=status]").text
+    b.get(base + "/dashboard/usage")
+    assert b.current_url == base + "/login?next=/dashboard/usage"
+    _fill(b, email=email, password="wrong password")
+    b.find_element(By.ID, "login-submit").click()
+    assert "not right" in b.find_element(By.ID, "form-errors").text
+    screenshot(b, "09-login-error")
+    _fill(b, email=email, password=PASSWORD)
+    b.find_element(By.ID, "login-submit").click()
+    assert b.current_url == base + "/dashboard/usage"
+    assert _number(b, "balance") == before + 75_000
