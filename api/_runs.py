@@ -95,10 +95,15 @@ class HoldBudget:
         self.held = held
 
     async def extend(self, elapsed_ms: int) -> bool:
-        if self.held - elapsed_ms >= 2 * HOLD_STEP:
+        ahead = self.held - elapsed_ms
+        if ahead >= 2 * HOLD_STEP:
             return True
+        # Top up to a whole step past the next check: checks drift late (each waits
+        # half a second after a database call), and a hold that falls behind the
+        # clock caps the settlement below the run's durationMs.
+        add = max(HOLD_STEP, 2 * HOLD_STEP - ahead)
         try:
-            new = await self._store.extend_hold(self._hold_id, HOLD_STEP)
+            new = await self._store.extend_hold(self._hold_id, add)
         except StoreError:
             log.warning("hold %s: database unavailable, stopping the run", self._hold_id)
             return False
