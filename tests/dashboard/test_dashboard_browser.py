@@ -11,11 +11,26 @@ from __future__ import annotations
 import pytest
 from pangolin import CinchError, Sandbox
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from .conftest import screenshot
 from .web import PASSWORD, new_email
 
 pytestmark = [pytest.mark.browser, pytest.mark.gvisor, pytest.mark.postgres]
+
+
+def _load(driver, action) -> None:
+    """Do ``action`` (a click that navigates) and wait until the next page has loaded."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    action()
+    wait = WebDriverWait(driver, 30)
+    wait.until(expected_conditions.staleness_of(old))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def _click(driver, by: str, value: str) -> None:
+    _load(driver, driver.find_element(by, value).click)
 
 
 def _number(driver, element_id: str) -> int:
@@ -37,12 +52,12 @@ def test_sign_up_run_see_usage_regenerate_and_top_up(cinch_live, browser):
     b.get(base + "/")
     assert "Run untrusted code in one API call." in b.find_element(By.TAG_NAME, "h1").text
     screenshot(b, "01-home")
-    b.find_element(By.LINK_TEXT, "Sign up").click()
+    _click(b, By.LINK_TEXT, "Sign up")
     assert b.current_url == base + "/signup"
 
     # A bad form shows clear errors and keeps the e-mail.
     _fill(b, email="not-an-email", password="short")
-    b.find_element(By.ID, "signup-submit").click()
+    _click(b, By.ID, "signup-submit")
     errors = [e.text for e in b.find_elements(By.CSS_SELECTOR, ".field-error")]
     assert errors == [
         "Enter a valid e-mail address, like you@example.com.",
@@ -53,14 +68,14 @@ def test_sign_up_run_see_usage_regenerate_and_top_up(cinch_live, browser):
 
     email = new_email("browser")
     _fill(b, email=email, password=PASSWORD)
-    b.find_element(By.ID, "signup-submit").click()
+    _click(b, By.ID, "signup-submit")
 
     # The key, shown once, with a copy button and a warning.
     key = b.find_element(By.ID, "new-key").text
     assert key.startswith("cinch_live_")
     assert len(key) >= len("cinch_live_") + 43
     assert "will not be shown again" in b.find_element(By.ID, "reveal").text
-    b.find_element(By.ID, "copy-key").click()
+    b.find_element(By.ID, "copy-key").click()  # no navigation
     assert b.find_element(By.ID, "copy-key").text in ("Copied", "Copy")
     screenshot(b, "03-keys-new-key")
     b.get(base + "/dashboard/keys")
@@ -74,7 +89,7 @@ def test_sign_up_run_see_usage_regenerate_and_top_up(cinch_live, browser):
     assert result.exit_code == 0
 
     # The run is in usage, charged, next to the sign-up grant.
-    b.find_element(By.LINK_TEXT, "Usage").click()
+    _click(b, By.LINK_TEXT, "Usage")
     rows = b.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
     assert len(rows) == 1
     cells = [c.text for c in rows[0].find_elements(By.TAG_NAME, "td")]
@@ -94,11 +109,17 @@ def test_sign_up_run_see_usage_regenerate_and_top_up(cinch_live, browser):
     screenshot(b, "04-usage")
 
     # Regenerate: a new key is shown once, and the old key fails on the very next request.
-    b.find_element(By.LINK_TEXT, "API keys").click()
-    b.find_element(By.CSS_SELECTOR, "#keys form[action$='/regenerate'] button").click()
-    alert = b.switch_to.alert
-    assert "stops working immediately" in alert.text
-    alert.accept()
+    _click(b, By.LINK_TEXT, "API keys")
+    confirmed = []
+
+    def regenerate() -> None:
+        b.find_element(By.CSS_SELECTOR, "#keys form[action$='/regenerate'] button").click()
+        alert = WebDriverWait(b, 10).until(expected_conditions.alert_is_present())
+        confirmed.append(alert.text)
+        alert.accept()
+
+    _load(b, regenerate)
+    assert "stops working immediately" in confirmed[0]
     new_key = b.find_element(By.ID, "new-key").text
     assert new_key.startswith("cinch_live_")
     assert new_key != key
@@ -113,23 +134,23 @@ def test_sign_up_run_see_usage_regenerate_and_top_up(cinch_live, browser):
     assert key[-4:] not in keys_text
 
     # Top up with the development provider.
-    b.find_element(By.LINK_TEXT, "Top up").click()
+    _click(b, By.LINK_TEXT, "Top up")
     assert "Development payment provider" in b.find_element(By.ID, "dev-provider").text
     assert "1 USD buys 10,000 credits" in b.find_element(By.ID, "price").text
     before = _number(b, "balance")
     _fill(b, amount="4")
     assert "The smallest top-up is $5." in b.find_element(By.ID, "amount-credits").text  # live hint
-    b.find_element(By.ID, "topup-submit").click()
+    _click(b, By.ID, "topup-submit")
     assert "The smallest top-up is $5." in b.find_element(By.ID, "form-errors").text
     assert _number(b, "balance") == before
     _fill(b, amount="7.50")
     assert b.find_element(By.ID, "amount-credits").text == "You get 75,000 credits."
     screenshot(b, "06-topup")
-    b.find_element(By.ID, "topup-submit").click()
+    _click(b, By.ID, "topup-submit")
     assert "Added 75,000 credits" in b.find_element(By.ID, "notice").text
     assert _number(b, "balance") == before + 75_000
     screenshot(b, "07-topup-done")
-    b.find_element(By.LINK_TEXT, "Usage").click()
+    _click(b, By.LINK_TEXT, "Usage")
     assert _number(b, "balance") == before + 75_000
     kinds = [
         r.get_attribute("data-kind") for r in b.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")
@@ -137,20 +158,20 @@ def test_sign_up_run_see_usage_regenerate_and_top_up(cinch_live, browser):
     assert kinds[0] == "topup"
 
     # Docs are public and show the examples.
-    b.find_element(By.LINK_TEXT, "Docs").click()
+    _click(b, By.LINK_TEXT, "Docs")
     assert b.find_element(By.ID, "example-curl").text.startswith(f"curl -s {base}/run")
     screenshot(b, "08-docs")
 
     # Log out, pages are closed; log in again lands on usage.
-    b.find_element(By.ID, "logout").click()
+    _click(b, By.ID, "logout")
     assert "You are logged out." in b.find_element(By.CSS_SELECTOR, "[role=status]").text
     b.get(base + "/dashboard/usage")
     assert b.current_url == base + "/login?next=/dashboard/usage"
     _fill(b, email=email, password="wrong password")
-    b.find_element(By.ID, "login-submit").click()
+    _click(b, By.ID, "login-submit")
     assert "not right" in b.find_element(By.ID, "form-errors").text
     screenshot(b, "09-login-error")
     _fill(b, email=email, password=PASSWORD)
-    b.find_element(By.ID, "login-submit").click()
+    _click(b, By.ID, "login-submit")
     assert b.current_url == base + "/dashboard/usage"
     assert _number(b, "balance") == before + 75_000
