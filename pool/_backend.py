@@ -206,7 +206,10 @@ class DockerBackend:
             limits=self.limits,
             cgroup_parent=self.cgroup_parent,
         )
-        cid = await self.client.create_container(config)
+        # Shielded (the client's own time-out bounds it): cancelled mid-request, the
+        # container would exist with no id to remove it by.
+        with trio.CancelScope(shield=True):
+            cid = await self.client.create_container(config)
         stream: AttachStream | None = None
         try:
             stream = await self.client.attach(cid)
