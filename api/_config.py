@@ -44,6 +44,7 @@ class Config:
     max_concurrent_per_key: int = 32
     idempotency_ttl_s: int = 24 * 3600
     signup_credits: int = 10_000
+    signups_per_ip_per_hour: int = 5
     shutdown_grace_s: float = 12.0
     # dashboard and payments
     payments: str = "none"  # none | dev | stripe

@@ -59,6 +59,7 @@ SESSION_MAX_AGE_S = 30 * 24 * 3600  # absolute
 LOGIN_WINDOW_S = 15 * 60
 LOGIN_MAX_FAILURES_PER_EMAIL = 5
 LOGIN_MAX_FAILURES_PER_IP = 30
+SIGNUP_WINDOW_S = 3600
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024
 MAX_KEYS = 20
@@ -88,6 +89,21 @@ class _State:
         # argon2id takes ~64 MiB and tens of ms per hash: off the event loop, two at a time.
         self.hash_limiter = trio.CapacityLimiter(2)
         self.dummy_hash: str | None = None
+        self._signups: dict[str, list[float]] = {}
+
+    def signup_allowed(self, ip: str) -> bool:
+        """Each sign-up is a free credit grant: cap them per address per hour (this instance)."""
+        now = trio.current_time()
+        recent = [t for t in self._signups.get(ip, []) if now - t < SIGNUP_WINDOW_S]
+        if len(self._signups) > 10_000:
+            self._signups = {
+                k: v for k, v in self._signups.items() if v and now - v[-1] < SIGNUP_WINDOW_S
+            }
+        self._signups[ip] = recent
+        return len(recent) < self.config.signups_per_ip_per_hour
+
+    def record_signup(self, ip: str) -> None:
+        self._signups.setdefault(ip, []).append(trio.current_time())
 
     async def hash_password(self, password: str) -> str:
         return await trio.to_thread.run_sync(hash_password, password, limiter=self.hash_limiter)
@@ -468,6 +484,16 @@ async def signup() -> Any:
         errors["password"] = f"Use at most {PASSWORD_MAX} characters."
     elif password.strip().lower() == email.lower():
         errors["password"] = "Choose a password that is not your e-mail address."
+    ip = request.remote_addr or "unknown"
+    if not errors and not state.signup_allowed(ip):
+        response = await _page(
+            "signup.html",
+            429,
+            errors={"form": "Too many new accounts from your network. Try again in an hour."},
+            email=email,
+        )
+        response.headers["Retry-After"] = str(SIGNUP_WINDOW_S)
+        return response
     if not errors:
         try:
             account_id = await store.create_account(
@@ -477,6 +503,7 @@ async def signup() -> Any:
             errors["email"] = "An account with this e-mail already exists. Log in instead."
     if errors:
         return await _page("signup.html", 400, errors=errors, email=email)
+    state.record_signup(ip)
     key, _ = await store.create_key(account_id, "default")
     await _start_session(account_id)
     g.account = Account(account_id, email)

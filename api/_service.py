@@ -194,6 +194,7 @@ async def _serve_with_store(
                 s = scheduler.pool(name).statistics()
                 checks[f"pool:{name}"] = {
                     "ok": not s.breaker_open and (s.size == 0 or s.ready + s.starting > 0),
+                    "size": s.size,
                     "ready": s.ready,
                     "starting": s.starting,
                     "breakerOpen": s.breaker_open,

@@ -273,3 +273,31 @@ def test_sign_up_errors_are_clear_and_new_accounts_get_the_grant(cinch_live):
         r = again.login(email, "not the password")
         assert r.status_code == 401
         assert form_error(r.text) == "The e-mail address or the password is not right."
+
+
+def test_sign_ups_are_limited_per_address(pg_url, tmp_path):
+    """Each sign-up is a free credit grant, so one address cannot mint accounts without end."""
+    from tests.conftest import fresh_database, start_live_server, stop_live_server
+
+    server = start_live_server(
+        fresh_database(pg_url),
+        tmp_path,
+        CINCH_SIGNUPS_PER_IP_PER_HOUR="2",
+        CINCH_POOL_PYTHON="0",
+        CINCH_POOL_JAVASCRIPT="0",
+    )
+    try:
+        for i in range(2):
+            with Web(server.base_url) as web:
+                web.signup(new_email(f"limit{i}"))
+        with Web(server.base_url) as web:
+            r = web.post(
+                "/signup",
+                {"email": new_email("limit-over"), "password": PASSWORD},
+                token_from="/signup",
+            )
+            assert r.status_code == 429
+            assert "Too many new accounts" in r.text
+            assert int(r.headers["Retry-After"]) > 0
+    finally:
+        stop_live_server(server)
