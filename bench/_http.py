@@ -48,8 +48,7 @@ class HttpTarget:
                 headers={"Authorization": f"Bearer {self._key}"},
                 timeout=REQUEST_TIMEOUT_S,
             )
-            body = response.json() if response.content else {}
-        except (httpx.HTTPError, ValueError) as exc:
+        except httpx.HTTPError as exc:
             t1 = time.perf_counter()
             return Sample(
                 (t1 - t0) * 1000,
@@ -59,11 +58,15 @@ class HttpTarget:
                 detail=str(exc)[:160],
             )
         t1 = time.perf_counter()
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text}
         status = str(response.status_code)
         ok = False
         detail = ""
         if not isinstance(body, dict):
-            body = {}
+            body = {"error": response.text}
         if response.status_code != 200:
             detail = str(body.get("error", response.text))[:160]
         else:

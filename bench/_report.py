@@ -198,7 +198,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"commit {m['commit'] or '?'}. Runtimes: "
         + ", ".join(f"{k} on `{v}`" for k, v in setup.get("runtimes", {}).items())
         + f". Pools: {setup.get('pool_sizes')}, start concurrency "
-        f"{setup.get('start_concurrency')}. Baseline client: {setup.get('docker_client', 'not run')}"
+        f"{setup.get('start_concurrency')}. Load average at start / end: "
+        f"{setup.get('loadavg_at_start')} / {setup.get('loadavg_at_end')}; took "
+        f"{setup.get('wall_s')} s. Baseline client: {setup.get('docker_client', 'not run')}"
         f" (`docker run --rm` with the sandbox's hardening flags). Command: "
         f"`{' '.join(report['command'])}`.",
         "",
@@ -340,23 +342,32 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "### Idle cost",
             "",
-            "A full, idle pool (head ready, the rest paused). PSS: sum over every process of the "
-            "sandboxes (runsc sandbox and gofer, stubs, containerd shim) / number of sandboxes. "
-            "CPU: utime+stime of the same processes over the window, in % of one core.",
+            "Full, idle pools, all languages' pools up at once (each head ready, the rest "
+            "paused). PSS: sum over every process of a language's sandboxes (runsc sandbox and "
+            "gofer, stubs, containerd shim) / their number; pages shared by all sandboxes are "
+            "split over every pool that is up. CPU: utime+stime of the same processes over the "
+            "window, in % of one core. The first rows are the configured runtimes.",
             "",
         ]
         rows = []
         for row in report["idle"]:
+            runtime = f"`{row['runtime']}`" + (" (configured)" if row.get("configured") else "")
             if "error" in row:
-                rows.append([row["language"], row["runtime"], "-", "-", "-", "-", row["error"]])
+                rows.append([row["language"], runtime, "-", "-", "-", "-", "-", row["error"]])
                 continue
             states = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_pct_of_core_by_state"].items())
             rows.append(
                 [
                     row["language"],
-                    f"`{row['runtime']}`" + (" (configured)" if row.get("configured") else ""),
+                    runtime,
+                    "; ".join(f"{k} {v}" for k, v in row.get("pools_up", {}).items()),
                     str(row["sandboxes"]),
-                    f"{row['pss_mb_per_sandbox']:.1f}",
+                    f"{row['pss_mb_per_sandbox']:.1f} ("
+                    + ", ".join(
+                        f"{k} {v:.1f}"
+                        for k, v in row.get("pss_mb_per_sandbox_by_process", {}).items()
+                    )
+                    + ")",
                     f"{row['pool_cpu_pct_of_core']:.2f}",
                     states,
                     f"{row['window_s']:g} s",
@@ -366,6 +377,7 @@ def markdown(report: dict[str, Any]) -> str:
             [
                 "language",
                 "runtime",
+                "pools up",
                 "sandboxes",
                 "PSS MB / sandbox",
                 "pool CPU %",
@@ -373,7 +385,7 @@ def markdown(report: dict[str, Any]) -> str:
                 "window",
             ],
             rows,
-            right_from=2,
+            right_from=3,
         )
         lines.append("")
     if report["notes"]:
@@ -393,11 +405,13 @@ def chart(report: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    languages = sorted({s["language"] for s in report["series"]})
+    present = {s["language"] for s in report["series"]}
+    languages = [lang for lang in ("python", "javascript") if lang in present]
     if not languages:
         return False
     fig, axes = plt.subplots(1, len(languages), figsize=(6.5 * len(languages), 4.6), squeeze=False)
     styles = {"sequential": "-", "closed-loop": "--", "burst": ":"}
+    colors = {HTTP_WARM: "tab:green", SCHED_WARM: "tab:blue", DOCKER: "tab:red"}
     for ax, lang in zip(axes[0], languages, strict=True):
         for s in report["series"]:
             if s["language"] != lang or s["workload"] != "print(2+2)":
@@ -415,9 +429,11 @@ def chart(report: dict[str, Any], path: Path) -> bool:
                 ys,
                 where="post",
                 linestyle=styles.get(s["kind"], "-"),
+                color=colors.get(s["variant"], "tab:orange"),
                 label=f"{s['variant']}, {s['kind']} (n={len(values)})",
             )
         ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
         ax.set_xlabel("client-side latency, ms (log)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"print(2+2), {lang}")

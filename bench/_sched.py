@@ -177,33 +177,44 @@ async def idle_cost(
     socket_path: str,
     *,
     owner: str,
-    language: str,
-    image: str,
-    runtime: str,
-    size: int,
+    images: dict[str, str],
+    runtimes: dict[str, str],
+    sizes: dict[str, int],
     cgroup_parent: str | None,
     settle_s: float,
     window_s: float,
     start_concurrency: int,
-) -> dict[str, Any]:
-    """PSS and CPU of a full, idle pool of ``size`` sandboxes (head ready, the rest paused)."""
+) -> list[dict[str, Any]]:
+    """PSS and CPU of full, idle pools, all up at once (each head ready, the rest paused).
+
+    One row per language: the sum of PSS over every process of its sandboxes divided by
+    their number, and their CPU over ``window_s``.  Pages shared by every sandbox (the
+    runsc binary) are split over all the pools that are up, as in production.
+    """
     client = TimedClient(socket_path)
+    rows: list[dict[str, Any]] = []
     try:
         async with open_scheduler(
             client,
             owner=owner,
-            images={language: image},
-            runtimes={language: runtime},
-            pool_sizes={language: size},
+            images=images,
+            runtimes=runtimes,
+            pool_sizes=sizes,
             start_concurrency=start_concurrency,
-            max_sandboxes=size + 2,
+            max_sandboxes=sum(sizes.values()) + 2,
             cgroup_parent=cgroup_parent,
         ) as wired:
             if not await wait_pools_full(wired.pools):
-                return {"language": language, "runtime": runtime, "error": "pool never filled"}
+                return [
+                    {"language": lang, "runtime": runtimes[lang], "error": "pool never filled"}
+                    for lang in sizes
+                ]
             await trio.sleep(settle_s)
             containers = await client.list_containers([f"cinch.owner={owner}"])
             states = {c["Id"]: c.get("State", "") for c in containers}
+            language_of = {
+                c["Id"]: c.get("Labels", {}).get("cinch.language", "") for c in containers
+            }
             procs = container_processes(states)
             all_pids = [pid for p in procs.values() for pid in p]
             before = cpu_ticks(all_pids)
@@ -211,35 +222,53 @@ async def idle_cost(
             await trio.sleep(window_s)
             after = cpu_ticks(all_pids)
             elapsed = time.perf_counter() - t0
-            pss = {cid: sum(pss_kb(pid) or 0 for pid in p) for cid, p in procs.items()}
-            tck = os.sysconf("SC_CLK_TCK")
-            per: list[dict[str, Any]] = []
-            for cid, p in procs.items():
-                used = sum(after.get(pid, 0) - before.get(pid, 0) for pid in p if pid in before)
-                per.append(
-                    {
-                        "id": cid[:12],
-                        "state": states.get(cid, ""),
-                        "processes": len(p),
-                        "pss_mb": round(pss[cid] / 1024, 2),
-                        "cpu_pct_of_core": round(used / tck / elapsed * 100, 3),
-                    }
-                )
+            pss_by_pid = {pid: pss_kb(pid) or 0 for pid in all_pids}
+            pss = {cid: sum(pss_by_pid[pid] for pid in p) for cid, p in procs.items()}
     finally:
         await client.aclose()
-    n = len(per)
-    by_state: dict[str, list[float]] = defaultdict(list)
-    for row in per:
-        by_state[row["state"]].append(row["cpu_pct_of_core"])
-    return {
-        "language": language,
-        "runtime": runtime,
-        "sandboxes": n,
-        "pss_mb_per_sandbox": round(sum(r["pss_mb"] for r in per) / n, 2) if n else None,
-        "pool_cpu_pct_of_core": round(sum(r["cpu_pct_of_core"] for r in per), 3),
-        "cpu_pct_of_core_by_state": {
-            k: round(sum(v) / len(v), 3) for k, v in sorted(by_state.items())
-        },
-        "window_s": round(window_s, 1),
-        "per_sandbox": per,
-    }
+    tck = os.sysconf("SC_CLK_TCK")
+    for lang in sizes:
+        per: list[dict[str, Any]] = []
+        for cid, p in procs.items():
+            if language_of.get(cid) != lang:
+                continue
+            used = sum(after.get(pid, 0) - before.get(pid, 0) for pid in p if pid in before)
+            per.append(
+                {
+                    "id": cid[:12],
+                    "state": states.get(cid, ""),
+                    "processes": len(p),
+                    "pss_mb": round(pss[cid] / 1024, 2),
+                    "cpu_pct_of_core": round(used / tck / elapsed * 100, 3),
+                }
+            )
+        n = len(per)
+        by_kind: dict[str, float] = defaultdict(float)
+        for cid, p in procs.items():
+            if language_of.get(cid) == lang:
+                for pid, kind in p.items():
+                    by_kind[kind] += pss_by_pid[pid] / 1024
+        by_state: dict[str, list[float]] = defaultdict(list)
+        for row in per:
+            by_state[row["state"]].append(row["cpu_pct_of_core"])
+        rows.append(
+            {
+                "language": lang,
+                "runtime": runtimes[lang],
+                "sandboxes": n,
+                "pools_up": {k: f"{sizes[k]} on {runtimes[k]}" for k in sizes},
+                "pss_mb_per_sandbox": round(sum(r["pss_mb"] for r in per) / n, 2) if n else None,
+                "pss_mb_per_sandbox_by_process": {
+                    k: round(v / n, 2) for k, v in sorted(by_kind.items())
+                }
+                if n
+                else {},
+                "pool_cpu_pct_of_core": round(sum(r["cpu_pct_of_core"] for r in per), 3),
+                "cpu_pct_of_core_by_state": {
+                    k: round(sum(v) / len(v), 3) for k, v in sorted(by_state.items())
+                },
+                "window_s": round(window_s, 1),
+                "per_sandbox": per,
+            }
+        )
+    return rows

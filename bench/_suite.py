@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -339,6 +340,13 @@ async def http_suite(results: Results, opts: Options, workdir: Path, config: Con
     finally:
         for server in servers:
             await trio.to_thread.run_sync(stop_server, server)
+            # A server that had to be killed leaves its sandboxes: remove exactly those.
+            id_file = server.data_dir / "instance-id"
+            if id_file.exists():
+                async with DockerClient(socket_path_from_env()) as engine:
+                    left = await remove_owned(engine, id_file.read_text().strip())
+                if left:
+                    results.notes.append(f"{server.name} server left {left} sandboxes: removed")
 
 
 async def scheduler_suite(
@@ -419,6 +427,18 @@ async def scheduler_suite(
         await client.aclose()
 
 
+def idle_configurations(
+    configured: dict[str, str], platforms: dict[str, str], languages: tuple[str, ...]
+) -> list[dict[str, str]]:
+    """The configured runtime of each language, then every platform for all languages."""
+    configs = [{lang: configured[lang] for lang in languages}]
+    for runtime in sorted(platforms.values()):
+        candidate = dict.fromkeys(languages, runtime)
+        if candidate not in configs:
+            configs.append(candidate)
+    return configs
+
+
 async def idle_suite(
     results: Results,
     opts: Options,
@@ -431,28 +451,28 @@ async def idle_suite(
     platforms: dict[str, str],
 ) -> None:
     configured = config.runtimes()
-    for lang in opts.languages:
-        for platform, runtime in sorted(platforms.items()):
-            size = max(2, config.pool_sizes()[lang])
-            opts.progress(f"idle cost: {lang} on {runtime}, {size} sandboxes ...")
-            row = await idle_cost(
-                socket_path,
-                owner=f"{owner}-idle-{lang}-{platform}",
-                language=lang,
-                image=images[lang],
-                runtime=runtime,
-                size=size,
-                cgroup_parent=cgroup_parent,
-                settle_s=opts.idle_settle_s,
-                window_s=opts.idle_window_s,
-                start_concurrency=config.start_concurrency,
-            )
-            row["platform"] = platform
-            row["configured"] = configured[lang] == runtime
+    sizes = {lang: max(2, config.pool_sizes()[lang]) for lang in opts.languages}
+    for i, runtimes in enumerate(idle_configurations(configured, platforms, opts.languages)):
+        what = ", ".join(f"{sizes[lang]} {lang} on {rt}" for lang, rt in runtimes.items())
+        opts.progress(f"idle cost: {what} ...")
+        rows = await idle_cost(
+            socket_path,
+            owner=f"{owner}-idle-{i}",
+            images=images,
+            runtimes=runtimes,
+            sizes=sizes,
+            cgroup_parent=cgroup_parent,
+            settle_s=opts.idle_settle_s,
+            window_s=opts.idle_window_s,
+            start_concurrency=config.start_concurrency,
+        )
+        for row in rows:
+            row["platform"] = row["runtime"].removeprefix("runsc-")
+            row["configured"] = i == 0
             results.idle.append(row)
             opts.progress(
-                f"  {lang}/{platform}: {row.get('pss_mb_per_sandbox')} MB PSS per sandbox, "
-                f"pool {row.get('pool_cpu_pct_of_core')} % of a core"
+                f"  {row['language']}/{row['platform']}: {row.get('pss_mb_per_sandbox')} MB PSS "
+                f"per sandbox, pool {row.get('pool_cpu_pct_of_core')} % of a core"
             )
 
 
@@ -462,7 +482,6 @@ async def run_all(opts: Options) -> Results:
     config = Config.from_env()
     bench_id = f"bench-{os.getpid()}-{secrets.token_hex(3)}"
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="cinch-bench-"))
-    socket_path = socket_path_from_env()
     images = current_tags()
     runtimes = config.runtimes()
     results.setup.update(
@@ -477,9 +496,31 @@ async def run_all(opts: Options) -> Results:
             "pause_idle": config.pause_idle,
             "queue_timeout_s": config.queue_timeout_s,
             "workdir": str(workdir),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         }
     )
     t0 = time.monotonic()
+    try:
+        await _run_parts(results, opts, bench_id, workdir, config, images, runtimes)
+    finally:
+        results.setup["wall_s"] = round(time.monotonic() - t0, 1)
+        results.setup["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if opts.workdir is None:
+        # Servers' data (embedded databases, logs) is only kept when something failed.
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+async def _run_parts(
+    results: Results,
+    opts: Options,
+    bench_id: str,
+    workdir: Path,
+    config: Config,
+    images: dict[str, str],
+    runtimes: dict[str, str],
+) -> None:
+    socket_path = socket_path_from_env()
     async with DockerClient(socket_path) as client:
         info = await client.info()
         for lang in opts.languages:
@@ -536,10 +577,8 @@ async def run_all(opts: Options) -> Results:
                 for suffix in (
                     "-probe",
                     "-sched",
-                    *(f"-idle-{lang}-{p}" for lang in LANGUAGES for p in platforms),
+                    *(f"-idle-{i}" for i in range(len(platforms) + 1)),
                 ):
                     left += await remove_owned(client, bench_id + suffix)
                 if left:
                     results.notes.append(f"removed {left} leftover bench containers")
-    results.setup["wall_s"] = round(time.monotonic() - t0, 1)
-    return results
