@@ -156,7 +156,9 @@ class WarmPool:
                         sandbox = self._pop_head()
                         if sandbox.id not in self._paused and not sandbox.alive_nowait():
                             # Died while idle (e.g. the engine restarted): replace it.
-                            log.info("%s pool: dropping dead sandbox %s", self.language, sandbox.id[:12])
+                            log.info(
+                                "%s pool: dropping dead sandbox %s", self.language, sandbox.id[:12]
+                            )
                             self._nursery_discard(sandbox)
                             continue
                         try:
