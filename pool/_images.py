@@ -294,4 +294,19 @@ async def build_all(
         p = plan(LANGUAGES[name])
         await build_image(client, p, data_dir, progress)
         tags[name] = p.tag
+        await _prune(client, p, progress)
     return tags
+
+
+async def _prune(client: DockerClient, p: ImagePlan, progress: Progress) -> None:
+    """Remove this language's outdated images (an image still in use is kept)."""
+    keep = {p.tag, p.base_tag}
+    for repo in (p.language.repository, f"cinch/base-{p.language.image_dir}"):
+        for image in await client.list_images():
+            for tag in image.get("RepoTags") or []:
+                if tag.startswith(repo + ":") and tag not in keep:
+                    try:
+                        await client.remove_image(tag)
+                        progress(f"{tag}: outdated, removed")
+                    except PoolError:
+                        pass  # still used by a container: kept
