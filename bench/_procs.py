@@ -65,16 +65,29 @@ def machine_busy_ticks() -> int:
     return sum(values) - values[3] - values[4]
 
 
-def pss_kb(pid: int) -> int | None:
-    """Proportional set size of a process (``/proc/<pid>/smaps_rollup``), in KiB."""
+def memory_kb(pid: int) -> tuple[int, int] | None:
+    """``(PSS, USS)`` of a process in KiB, from ``/proc/<pid>/smaps_rollup``.
+
+    PSS splits each shared page between the processes that map it; USS
+    (private clean + private dirty) is what the process alone holds.
+    """
+    pss = uss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                    pss = int(line.split()[1])
+                elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    uss += int(line.split()[1])
     except (OSError, ValueError):
         return None
-    return None
+    return pss, uss
+
+
+def pss_kb(pid: int) -> int | None:
+    """Proportional set size of a process, in KiB."""
+    mem = memory_kb(pid)
+    return None if mem is None else mem[0]
 
 
 def daemon_pids() -> dict[int, str]:

@@ -346,14 +346,15 @@ def markdown(report: dict[str, Any]) -> str:
             "paused). PSS: sum over every process of a language's sandboxes (runsc sandbox and "
             "gofer, stubs, containerd shim) / their number; pages shared by all sandboxes are "
             "split over every pool that is up. CPU: utime+stime of the same processes over the "
-            "window, in % of one core. The first rows are the configured runtimes.",
+            "window, in % of one core. USS: the sandboxes' private pages only (what one more "
+            "sandbox adds, whatever else runs). The first rows are the configured runtimes.",
             "",
         ]
         rows = []
         for row in report["idle"]:
             runtime = f"`{row['runtime']}`" + (" (configured)" if row.get("configured") else "")
             if "error" in row:
-                rows.append([row["language"], runtime, "-", "-", "-", "-", "-", row["error"]])
+                rows.append([row["language"], runtime, "-", "-", "-", "-", "-", "-", row["error"]])
                 continue
             states = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_pct_of_core_by_state"].items())
             rows.append(
@@ -368,6 +369,9 @@ def markdown(report: dict[str, Any]) -> str:
                         for k, v in row.get("pss_mb_per_sandbox_by_process", {}).items()
                     )
                     + ")",
+                    "-"
+                    if row.get("uss_mb_per_sandbox") is None
+                    else f"{row['uss_mb_per_sandbox']:.1f}",
                     f"{row['pool_cpu_pct_of_core']:.2f}",
                     states,
                     f"{row['window_s']:g} s",
@@ -380,6 +384,7 @@ def markdown(report: dict[str, Any]) -> str:
                 "pools up",
                 "sandboxes",
                 "PSS MB / sandbox",
+                "USS MB / sandbox",
                 "pool CPU %",
                 "CPU % per sandbox by state",
                 "window",

@@ -14,7 +14,7 @@ from scheduler import NoCapacity, RunRequest, Scheduler, SchedulerError, Termina
 
 from ._engine import TimedClient, open_scheduler, wait_pools_full
 from ._model import Sample
-from ._procs import COMPONENTS, CpuTracker, container_processes, cpu_ticks, pss_kb
+from ._procs import COMPONENTS, CpuTracker, container_processes, cpu_ticks, memory_kb
 from ._stats import summarize
 from ._workloads import PRINT, Workload, check_output
 
@@ -222,8 +222,10 @@ async def idle_cost(
             await trio.sleep(window_s)
             after = cpu_ticks(all_pids)
             elapsed = time.perf_counter() - t0
-            pss_by_pid = {pid: pss_kb(pid) or 0 for pid in all_pids}
+            mem_by_pid = {pid: memory_kb(pid) or (0, 0) for pid in all_pids}
+            pss_by_pid = {pid: m[0] for pid, m in mem_by_pid.items()}
             pss = {cid: sum(pss_by_pid[pid] for pid in p) for cid, p in procs.items()}
+            uss = {cid: sum(mem_by_pid[pid][1] for pid in p) for cid, p in procs.items()}
     finally:
         await client.aclose()
     tck = os.sysconf("SC_CLK_TCK")
@@ -239,6 +241,7 @@ async def idle_cost(
                     "state": states.get(cid, ""),
                     "processes": len(p),
                     "pss_mb": round(pss[cid] / 1024, 2),
+                    "uss_mb": round(uss[cid] / 1024, 2),
                     "cpu_pct_of_core": round(used / tck / elapsed * 100, 3),
                 }
             )
@@ -258,6 +261,7 @@ async def idle_cost(
                 "sandboxes": n,
                 "pools_up": {k: f"{sizes[k]} on {runtimes[k]}" for k in sizes},
                 "pss_mb_per_sandbox": round(sum(r["pss_mb"] for r in per) / n, 2) if n else None,
+                "uss_mb_per_sandbox": round(sum(r["uss_mb"] for r in per) / n, 2) if n else None,
                 "pss_mb_per_sandbox_by_process": {
                     k: round(v / n, 2) for k, v in sorted(by_kind.items())
                 }
