@@ -30,6 +30,7 @@ class Config:
     start_concurrency: int = 2
     pause_idle: bool = False
     sandbox_max_age_s: float = 600.0
+    refill_delay_s: float = 0.5
     runtime_python: str = "runsc-ptrace"
     runtime_javascript: str = "runsc-ptrace"
     queue_timeout_s: float = 3.0

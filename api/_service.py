@@ -164,6 +164,7 @@ async def _serve_with_store(
                 start_limiter=start_limiter,
                 pause_idle=config.pause_idle,
                 max_age_s=config.sandbox_max_age_s,
+                refill_delay_s=config.refill_delay_s,
             )
             for name, size in config.pool_sizes().items()
         }

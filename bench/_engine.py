@@ -102,10 +102,19 @@ async def open_scheduler(
     start_concurrency: int,
     max_sandboxes: int,
     cgroup_parent: str | None,
-    pause_idle: bool = True,
+    pause_idle: bool | None = None,
+    refill_delay_s: float | None = None,
     scheduler_config: SchedulerConfig | None = None,
 ) -> AsyncIterator[Wired]:
-    """Warm pools for ``pool_sizes`` and a Scheduler over them; everything destroyed on exit."""
+    """Warm pools for ``pool_sizes`` and a Scheduler over them; everything destroyed on exit.
+
+    ``pause_idle`` and ``refill_delay_s`` default to what ``cinch serve`` uses (CINCH_*).
+    """
+    from api._config import Config
+
+    config = Config.from_env()
+    pause_idle = config.pause_idle if pause_idle is None else pause_idle
+    refill_delay_s = config.refill_delay_s if refill_delay_s is None else refill_delay_s
     backend = DockerBackend(
         client, owner=owner, runtimes=dict(runtimes), cgroup_parent=cgroup_parent
     )
@@ -120,6 +129,7 @@ async def open_scheduler(
             live=live,
             start_limiter=limiter,
             pause_idle=pause_idle,
+            refill_delay_s=refill_delay_s,
         )
         for name, size in pool_sizes.items()
     }

@@ -77,6 +77,7 @@ class WarmPool:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         breaker_threshold: int = 5,
+        refill_delay_s: float = 0.0,
     ) -> None:
         self._backend = backend
         self.language = language
@@ -89,6 +90,10 @@ class WarmPool:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._breaker_threshold = breaker_threshold
+        # Runs before refills: after a take, the replacement waits until that run
+        # ends (or this long at most), unless runs are already waiting for one.
+        self._refill_delay_s = refill_delay_s
+        self._defer_until = -math.inf
         self._ready: deque[Sandbox] = deque()
         self._paused: set[str] = set()
         self._unpausing: dict[str, trio.Event] = {}
@@ -137,6 +142,8 @@ class WarmPool:
     def _pop_head(self) -> Sandbox:
         sandbox = self._ready.popleft()
         self._taken += 1
+        if self._refill_delay_s > 0:
+            self._defer_until = trio.current_time() + self._refill_delay_s
         # Keep the next head unpaused ahead of the next run.
         if self._ready and self._ready[0].id in self._paused and self._nursery is not None:
             self._nursery.start_soon(self._ensure_unpaused, self._ready[0])
@@ -188,6 +195,8 @@ class WarmPool:
 
     async def release(self, sandbox: Sandbox) -> None:
         """Destroy a sandbox that was taken (always: sandboxes are never reused)."""
+        self._defer_until = -math.inf  # its run is over: refills may go ahead
+        self._kick()
         try:
             await self._backend.destroy(sandbox)
         finally:
@@ -280,6 +289,11 @@ class WarmPool:
             if want > 0 and not self._closed:
                 if self.breaker_open:
                     await trio.sleep_until(self._breaker_until)
+                    continue
+                if self._waiting == 0 and trio.current_time() < self._defer_until:
+                    self._wake_refill = trio.Event()
+                    with trio.move_on_at(self._defer_until):
+                        await self._wake_refill.wait()
                     continue
                 token = object()
                 try:
