@@ -80,6 +80,18 @@ def cmd_images_build(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_images_prune(config: Config, args: argparse.Namespace) -> int:
+    from pool import DockerClient, socket_path_from_env
+    from pool._images import prune
+
+    async def run() -> None:
+        async with DockerClient(socket_path_from_env()) as client:
+            await prune(client, _say)
+
+    trio.run(run)
+    return 0
+
+
 def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
     from ._doctor import run_doctor
 
@@ -271,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = isub.add_parser("build", help="build the images (only what changed)")
     b.add_argument("language", nargs="*", help="python and/or javascript (default: both)")
     b.set_defaults(fn=cmd_images_build)
+    pr = isub.add_parser("prune", help="remove outdated images (restart servers first)")
+    pr.set_defaults(fn=cmd_images_prune)
     p = sub.add_parser("doctor", help="check every prerequisite")
     p.set_defaults(fn=cmd_doctor)
     p = sub.add_parser("serve", help="run the API with warm pools")

@@ -294,12 +294,20 @@ async def build_all(
         p = plan(LANGUAGES[name])
         await build_image(client, p, data_dir, progress)
         tags[name] = p.tag
-        await _prune(client, p, progress)
     return tags
 
 
+async def prune(client: DockerClient, progress: Progress) -> None:
+    """Remove every language's outdated images (an image still in use is kept).
+
+    Not part of a build: a running server keeps refilling its pools from the
+    image it started with until it is restarted.
+    """
+    for language in LANGUAGES.values():
+        await _prune(client, plan(language), progress)
+
+
 async def _prune(client: DockerClient, p: ImagePlan, progress: Progress) -> None:
-    """Remove this language's outdated images (an image still in use is kept)."""
     keep = {p.tag, p.base_tag}
     for repo in (p.language.repository, f"cinch/base-{p.language.image_dir}"):
         for image in await client.list_images():

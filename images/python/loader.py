@@ -71,8 +71,14 @@ def _finish(code):
 
 
 def _run():
-    with open(PATH, "rb") as f:
-        source = f.read()
+    # os-level calls: three syscalls instead of seven, and each one is costly in gVisor.
+    fd = os.open(PATH, os.O_RDONLY)
+    try:
+        source = b""
+        while chunk := os.read(fd, 1 << 20):
+            source += chunk
+    finally:
+        os.close(fd)
     main = types.ModuleType("__main__")
     main.__file__ = PATH
     main.__cached__ = None
