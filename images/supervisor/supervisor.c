@@ -165,15 +165,37 @@ int main(int argc, char **argv) {
     /* Wait until the loader says it is warm (or dies trying). */
     char rb;
     if (read_full(ready_p[0], &rb, 1) < 0 || rb != 'r') fail("loader exited before it was ready");
+    /* Everything the run needs is set up now, while idle: each syscall on the
+       hot path costs tens to hundreds of microseconds under gVisor's ptrace. */
+    set_nonblock(in_p[1]);
+    set_nonblock(out_p[0]);
+    set_nonblock(err_p[0]);
+    set_nonblock(ready_p[0]);
+    static unsigned char first[65536];
     send_frame('Y', NULL, 0);
 
-    /* One run frame. */
-    unsigned char hdr[5];
-    if (read_full(0, hdr, 5) < 0) _exit(0); /* host closed: a drained pool sandbox */
-    uint32_t len = be32(hdr + 1);
-    if (hdr[0] != 'R' || len < 24 || len > MAX_RUN_FRAME) fail("bad run frame");
+    /* One run frame: usually a single read brings all of it. */
+    ssize_t got0;
+    do {
+        got0 = read(0, first, sizeof first);
+    } while (got0 < 0 && errno == EINTR);
+    if (got0 <= 0) _exit(0); /* host closed: a drained pool sandbox */
+    size_t have = (size_t)got0;
+    while (have < 5) {
+        ssize_t more = read(0, first + have, sizeof first - have);
+        if (more <= 0) _exit(0);
+        have += (size_t)more;
+    }
+    uint32_t len = be32(first + 1);
+    if (first[0] != 'R' || len < 24 || len > MAX_RUN_FRAME) fail("bad run frame");
     unsigned char *frame = malloc(len);
-    if (!frame || read_full(0, frame, len) < 0) fail("short run frame");
+    if (!frame) fail("out of memory");
+    size_t in_first = have - 5 < len ? have - 5 : len;
+    memcpy(frame, first + 5, in_first);
+    if (in_first < len && read_full(0, frame + in_first, len - in_first) < 0)
+        fail("short run frame");
+    /* Bytes beyond the frame would be control frames sent very early; keep them. */
+    size_t early = have - 5 - in_first;
     unsigned char nonce[16];
     memcpy(nonce, frame, 16);
     uint32_t output_limit = be32(frame + 16);
@@ -189,7 +211,6 @@ int main(int argc, char **argv) {
     close(cfd);
 
     /* The go byte, then the program's stdin, then EOF. */
-    set_nonblock(in_p[1]);
     int in_fd = in_p[1];
     if (write(in_fd, "g", 1) != 1) fail("loader is gone");
     if (stdin_len == 0) {
@@ -197,15 +218,13 @@ int main(int argc, char **argv) {
         in_fd = -1;
     }
 
-    set_nonblock(out_p[0]);
-    set_nonblock(err_p[0]);
-    set_nonblock(ready_p[0]);
     int out_fd = out_p[0], err_fd = err_p[0], ctl_fd = 0, status_fd = ready_p[0];
     unsigned char status_buf[5];
     size_t status_have = 0;
     int reported = 0;
     unsigned char ctl_buf[5 + 1];
-    size_t ctl_have = 0;
+    size_t ctl_have = early < sizeof ctl_buf ? early : sizeof ctl_buf;
+    memcpy(ctl_buf, first + 5 + in_first, ctl_have);
     int status = 0, exited = 0;
     long long exit_at = 0;
     uint64_t total_out = 0;
@@ -217,11 +236,14 @@ int main(int argc, char **argv) {
         if (exited && ((out_fd < 0 && err_fd < 0) || now_ms() - exit_at >= DRAIN_MS || over_limit))
             break;
         if (reported) {
-            /* Everything the program wrote before its report is in the pipes now. */
+            /* Everything the program wrote before its report is in the pipes now;
+               one zero-time poll says which pipe still holds some. */
             int fds_r[2] = {out_fd, err_fd};
             char types_r[2] = {'O', 'E'};
+            struct pollfd left[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
+            if (poll(left, 2, 0) <= 0) break;
             for (int k = 0; k < 2 && !over_limit; k++) {
-                if (fds_r[k] < 0) continue;
+                if (fds_r[k] < 0 || !(left[k].revents & POLLIN)) continue;
                 for (;;) {
                     ssize_t got = read(fds_r[k], buf, CHUNK);
                     if (got <= 0) break;
@@ -248,12 +270,14 @@ int main(int argc, char **argv) {
         int r = poll(pfd, (nfds_t)n, timeout);
         if (r < 0 && errno != EINTR) fail("poll failed");
 
+        int reap = r < 0; /* EINTR: a signal; look */
         if (r > 0 && (pfd[0].revents & POLLIN)) {
             char drain[64];
             while (read(sigpipe_fds[0], drain, sizeof drain) > 0) {}
+            reap = 1;
         }
-        /* Reap everything: we are PID 1, orphans are ours. */
-        for (;;) {
+        /* Reap everything on SIGCHLD: we are PID 1, orphans are ours. */
+        while (reap) {
             int st;
             pid_t p = waitpid(-1, &st, WNOHANG);
             if (p <= 0) break;
@@ -347,6 +371,6 @@ int main(int argc, char **argv) {
     }
     xf[17] = value >> 24; xf[18] = value >> 16; xf[19] = value >> 8; xf[20] = value;
     send_frame('X', xf, sizeof xf);
-    kill(-child, SIGKILL);
-    return 0;
+    /* Exiting ends the sandbox: PID 1's exit takes every leftover process with it. */
+    _exit(0);
 }
