@@ -123,6 +123,8 @@ class DockerBackend:
         # container id -> actions seen in the event stream (bounded)
         self._events: OrderedDict[str, set[str]] = OrderedDict()
         self._event_arrived = trio.Event()
+        # Containers whose removal failed while the engine was away (removed once it is back).
+        self._unremoved: set[str] = set()
 
     # -- events ---------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class DockerBackend:
         delay = 0.2
         while True:
             try:
+                await self._remove_unremoved()
                 stream = self.client.events(
                     {"type": ["container"], "label": [f"{OWNER_LABEL}={self.owner}"]}
                 )
@@ -263,6 +266,22 @@ class DockerBackend:
             except (PoolError, trio.TooSlowError) as exc:
                 log.warning("remove %s failed (attempt %d): %s", cid[:12], attempt + 1, exc)
                 await trio.sleep(0.5 * (attempt + 1))
+        # The engine is away (restarting, say): the container outlives it, so
+        # remove it when the event stream reconnects.
+        self._unremoved.add(cid)
+
+    async def _remove_unremoved(self) -> None:
+        """One try at each container whose removal gave up; raises while the engine is away."""
+        for cid in list(self._unremoved):
+            try:
+                with trio.fail_after(DESTROY_TIMEOUT_S):
+                    await self.client.remove(cid, force=True, timeout_s=DESTROY_TIMEOUT_S)
+            except NotFound:
+                pass
+            except trio.TooSlowError as exc:
+                raise EngineUnavailable(f"remove {cid[:12]} timed out") from exc
+            self._unremoved.discard(cid)
+            log.info("removed %s after the engine came back", cid[:12])
 
     def _reap_orphans(self, cid: str) -> None:
         """Kill any runsc process left behind for ``cid`` (after a failed start)."""
