@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._config import Config
+from ._runs import LANGUAGE_ALIASES
 
 
 def _error(description: str, retry: bool = False) -> dict[str, Any]:
@@ -83,6 +84,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "language": {
                             "type": "string",
                             "default": "python",
+                            # The server also takes these in any case, with spaces around.
+                            "enum": sorted(LANGUAGE_ALIASES),
                             "description": "python or javascript; aliases python3, py, js, "
                             "node, nodejs (case-insensitive)",
                         },
