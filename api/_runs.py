@@ -130,8 +130,14 @@ def result_body(result: RunResult, charged: int) -> dict[str, Any]:
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    try:
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from the request (JSON allows "\ud800") echoed in an
+        # error message: escape it rather than fail with a 500.
+        data = json.dumps(body, separators=(",", ":")).encode("ascii")
     return Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        data,
         status=status,
         headers=headers or {},
         content_type="application/json; charset=utf-8",
