@@ -56,8 +56,12 @@ class DockerSandbox:
                 return None
             kind, data = chunk
             if kind != 1:
-                # The supervisor never writes to its stderr; a runtime error does.
-                log.debug("sandbox %s stderr: %r", self.id[:12], data[:200])
+                # The supervisor never writes to its stderr; a runtime error does, and so
+                # can a program (via /proc/1/fd/2): once a run is sent, log no content.
+                if self._nonce:
+                    log.debug("sandbox %s: %d bytes on stderr", self.id[:12], len(data))
+                else:
+                    log.debug("sandbox %s stderr: %r", self.id[:12], data[:200])
                 continue
             self._pending.extend(self._decoder.feed(data))
         return self._pending.pop(0)

@@ -238,9 +238,10 @@ class Scheduler:
         while True:
             try:
                 event = await sandbox.receive_event()
-            except ProtocolError as exc:
-                # Only the program can corrupt the frame stream (via /proc/1/fd/1).
-                log.info("sandbox %s: %s", sandbox.id[:12], exc)
+            except ProtocolError:
+                # Only the program can corrupt the frame stream (via /proc/1/fd/1). The
+                # error's text holds bytes the program wrote: logs never carry output.
+                log.info("sandbox %s: the program corrupted its frame stream", sandbox.id[:12])
                 return None
             if isinstance(event, Output):
                 if not collector.add(event.stream, event.data):
