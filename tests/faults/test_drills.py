@@ -192,7 +192,7 @@ def test_kill_9_the_api_during_runs_and_restart(engine: None, pg_url: str, tmp_p
         live_now = {c.id for c in containers_of(owner)}
         assert not (before_restart & live_now), before_restart & live_now
         assert server.query("SELECT count(*) AS n FROM holds")[0]["n"] == 0
-        after = post_run(server.base_url, key, "print(2)")
+        after = post_run(server.base_url, key, "print(2)", retry_503=5)
         assert after.status == 200
         assert after.body["stdout"] == "2\n"
         # Only the two answered runs were charged; the killed ones were not.
@@ -312,7 +312,7 @@ def test_sandbox_killed_from_outside_mid_run(engine: None, pg_url: str, tmp_path
             "SELECT credits_charged FROM runs WHERE id = $1", killed.headers["X-Request-Id"]
         )
         assert [r["credits_charged"] for r in run_row] == [0]
-        after = post_run(server.base_url, key, "print('still here')")
+        after = post_run(server.base_url, key, "print('still here')", retry_503=5)
         assert after.status == 200
         assert after.body["stdout"] == "still here\n"
         assert_charged_exactly(server, key, [killed, after])

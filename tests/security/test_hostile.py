@@ -1009,3 +1009,48 @@ def _in_flight_runs(metrics: str) -> float:
         if line.startswith("cinch_runs_in_flight "):
             return float(line.split()[1])
     raise AssertionError("cinch_runs_in_flight is missing from /metrics")
+
+
+# -- what the host keeps --------------------------------------------------------------------
+
+PY_CHANNEL = r"""
+import os, sys
+marker = sys.stdin.read().strip()
+print(marker)
+print(marker, file=sys.stderr, flush=True)
+# Bytes straight into the supervisor's channels, as a frame header of our making.
+with open("/proc/1/fd/2", "wb", buffering=0) as f:
+    f.write(marker.encode())
+with open("/proc/1/fd/1", "wb", buffering=0) as f:
+    f.write(__HEADER__.encode("latin-1") + marker.encode())
+"""
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_logs_never_hold_code_stdin_or_output(cinch_live: Any, key: str, language: str) -> None:
+    in_code = "code-" + secrets.token_hex(8)
+    in_stdin = "stdin-" + secrets.token_hex(8)
+    header = "Z" + secrets.token_hex(2)  # 1 type byte + 4 length bytes, all the program's
+    header_value = str(int.from_bytes(header[1:].encode(), "big"))
+    if language == "python":
+        programs = [
+            f"print('{in_code}')\nimport sys\nprint(sys.stdin.read(), file=sys.stderr)\n",
+            f"# {in_code}\n" + with_args(PY_CHANNEL, header=header),
+            f"{in_code} = (\n",  # a syntax error echoes the code
+        ]
+    else:
+        programs = [
+            f"console.log('{in_code}'); console.error(require('fs').readFileSync(0, 'utf8'));",
+            f"// {in_code}\nrequire('fs').writeFileSync('/proc/1/fd/2', '{in_code}');\n"
+            f"require('fs').writeFileSync('/proc/1/fd/1', '{header}{in_code}');",
+            f"const {in_code.replace('-', '_')} = ;",
+        ]
+    before = len(cinch_live.log_path.read_bytes())
+    for code in programs:
+        answer = run(cinch_live, key, code, language, stdin=in_stdin)
+        assert answer.body["termination"] != "sandbox_error", answer.body
+    time.sleep(0.5)  # destroys and their log lines happen after the answers
+    log = cinch_live.log_path.read_bytes()[before:].decode("utf-8", "replace")
+    for secret in (in_code, in_stdin, in_code.replace("-", "_")):
+        assert secret not in log
+    assert header_value not in log, "bytes the program wrote reached the log"
