@@ -304,7 +304,11 @@ def start_live_server(database_url: str, data_dir: Path, **env_overrides: str) -
     )
     log.close()
     server = LiveServer(f"http://127.0.0.1:{port}", database_url, data_dir, process, log_path, env)
-    wait_ready(server)
+    try:
+        wait_ready(server)
+    except BaseException:
+        stop_live_server(server)  # never leave a half-started server (and its sandboxes) behind
+        raise
     return server
 
 
