@@ -65,7 +65,7 @@ def sleeper(seconds: float) -> str:
 
 
 @pytest.fixture
-def engine(pg_url: str) -> None:
+def engine() -> None:
     ok, reason = _engine_state()
     need(ok, reason)
 
