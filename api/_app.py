@@ -25,6 +25,29 @@ log = logging.getLogger("cinch.api")
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 
 
+class RequestsInFlight:
+    """Counts requests being handled, so shutdown can wait for their answers."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.count = 0
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
 def create_app(
     config: Config,
     *,
@@ -48,6 +71,7 @@ def create_app(
         config.rate_limit_rps, config.rate_limit_burst, config.max_concurrent_per_key
     )
     app.config["IDEMPOTENCY_WAITERS"] = {}
+    app.config["IN_FLIGHT"] = RequestsInFlight()
     app.config["READINESS"] = readiness
     app.config["LANGUAGES_INFO"] = languages_info or {}
     app.register_blueprint(runs_bp)
@@ -60,6 +84,7 @@ def create_app(
         g.request_id = uuid.uuid4().hex
         g.t0 = trio.current_time()
         app.config["METRICS"].in_flight.inc()
+        app.config["IN_FLIGHT"].enter()
 
     @app.after_request
     async def _finish(response: Response) -> Response:
@@ -70,6 +95,7 @@ def create_app(
         if hasattr(g, "t0"):
             m.http_duration.labels(route).observe(trio.current_time() - g.t0)
             m.in_flight.dec()
+            app.config["IN_FLIGHT"].leave()
             del g.t0
         return response
 

@@ -214,7 +214,7 @@ async def _serve_with_store(
         hc.bind = [f"{config.host}:{config.port}"]
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
-        hc.graceful_timeout = 5
+        hc.graceful_timeout = config.shutdown_grace_s + 3
         hc.keep_alive_timeout = 75
         shutdown = trio.Event()
 
@@ -252,8 +252,14 @@ async def _serve_with_store(
             scheduler.stop_accepting()
             with trio.move_on_after(config.shutdown_grace_s):
                 await scheduler.wait_idle()
+            # Runs are over, but their answers may still be settling and being
+            # written. (Hypercorn itself would also wait for idle keep-alive
+            # connections, up to its graceful time-out.)
+            with trio.move_on_after(5):
+                await app.config["IN_FLIGHT"].wait_idle()
+                await trio.sleep(0.2)  # the last bytes of the last answer
+            log.info("answers sent; destroying pools")
             pool_scope.cancel()  # pools destroy their warm sandboxes
-            # hypercorn stops by itself (shutdown_trigger); the rest is cancelled.
             with trio.move_on_after(20):
                 while scheduler.statistics().destroying:  # noqa: ASYNC110 (shutdown only)
                     await trio.sleep(0.05)
