@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -106,6 +107,11 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status != 413:
+            # Drain an unread body (404/405 on a POST): otherwise the keep-alive
+            # connection is stuck for the client's next request.
+            with contextlib.suppress(Exception):
+                await request.get_data(cache=False)
         if status == 404:
             message = f"no such endpoint: {request.method} {request.path}"
         elif status == 405:

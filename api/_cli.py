@@ -131,7 +131,15 @@ async def _ensure_local_key(service: Any) -> None:
     )
 
 
+def _leaves(group: BaseException) -> list[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for exc in group.exceptions for leaf in _leaves(exc)]
+    return [group]
+
+
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from pool import InstanceLocked
+
     from ._service import SetupNeeded, serve
 
     async def on_ready(service: Any) -> None:
@@ -144,12 +152,14 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
             await _ensure_local_key(service)
         _say("Stop it with Ctrl-C or SIGTERM.")
 
+    failed = False
     try:
         trio.run(lambda: serve(config, on_ready=on_ready))
-    except SetupNeeded as exc:
-        _say(f"cannot start: {exc}")
-        return 1
-    return 0
+    except* (SetupNeeded, InstanceLocked) as group:
+        for exc in _leaves(group):
+            _say(f"cannot start: {exc}")
+        failed = True
+    return 1 if failed else 0
 
 
 def cmd_up(config: Config, args: argparse.Namespace) -> int:

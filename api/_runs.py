@@ -154,8 +154,10 @@ async def run() -> Response:
     limiter = app.config["LIMITER"]
     request_id = g.request_id
 
-    key = bearer_key(request.headers.get("Authorization"))
+    # Read the body first, whatever happens next: a response sent over an unread
+    # body leaves the keep-alive connection stuck for the client's next request.
     raw = await request.get_data(cache=False)
+    key = bearer_key(request.headers.get("Authorization"))
     parsed = parse_run_body(raw, config.max_code_bytes, config.max_stdin_bytes)
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None and not (0 < len(idem_key) <= 255):

@@ -229,3 +229,14 @@ async def test_a_client_that_hangs_up_still_pays_for_its_run(cinch_live):
             )
             charged = rows[0]["c"]
     assert charged >= 1900, "the run went on after the client left and was charged in full"
+
+
+async def test_rejected_requests_do_not_stall_a_keep_alive_connection(cinch_live):
+    """An answer sent before the body was read once left the connection stuck."""
+    async with httpx.AsyncClient(base_url=cinch_live.base_url, timeout=5) as client:
+        for path, status in (("/run", 401), ("/nowhere", 404), ("/run", 401)):
+            for _ in range(5):
+                r = await client.post(path, json={"code": "print(1)"},
+                                      headers={"Authorization": "Bearer nope"})
+                assert r.status_code == status
+        assert (await client.get("/healthz")).status_code == 200
