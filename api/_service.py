@@ -26,6 +26,7 @@ from pool import (
     LiveSandboxes,
     PoolError,
     WarmPool,
+    run_pools,
     socket_path_from_env,
 )
 from pool._images import current_tags
@@ -221,16 +222,7 @@ async def _serve_with_store(
         async with trio.open_nursery() as nursery:
             await nursery.start(backend.watch_events)
             await nursery.start(scheduler.serve)
-            pool_scope = trio.CancelScope()
-
-            async def run_pools(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                with pool_scope:
-                    async with trio.open_nursery() as pn:
-                        for p in pools.values():
-                            await pn.start(p.run)
-                        task_status.started()
-
-            await nursery.start(run_pools)
+            pool_nursery = await _start_pools(nursery, pools)
             nursery.start_soon(_housekeeping, store)
             bound = await nursery.start(
                 lambda task_status: hypercorn_serve(
@@ -259,13 +251,24 @@ async def _serve_with_store(
                 await app.config["IN_FLIGHT"].wait_idle()
                 await trio.sleep(0.2)  # the last bytes of the last answer
             log.info("answers sent; destroying pools")
-            pool_scope.cancel()  # pools destroy their warm sandboxes
+            pool_nursery.cancel()  # pools destroy their warm sandboxes
             with trio.move_on_after(20):
-                while scheduler.statistics().destroying:  # noqa: ASYNC110 (shutdown only)
-                    await trio.sleep(0.05)
+                await scheduler.wait_destroyed()
             nursery.cancel_scope.cancel()
     finally:
         await client.aclose()
+
+
+async def _start_pools(nursery: trio.Nursery, pools: dict[str, WarmPool]) -> trio.CancelScope:
+    """Start every pool in a scope of its own, so shutdown can stop them first."""
+    scope = trio.CancelScope()
+
+    async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await run_pools(pools.values(), task_status=task_status)
+
+    await nursery.start(run)
+    return scope
 
 
 def _base_url(config: Config, bound: Any) -> str:

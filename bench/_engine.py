@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from pool import DockerBackend, DockerClient, LiveSandboxes, WarmPool
+from pool import DockerBackend, DockerClient, LiveSandboxes, WarmPool, run_pools
 from scheduler import Scheduler, SchedulerConfig
 
 CGROUP_NAME = "cinch-sandboxes"  # the parent cgroup `cinch setup` prepares (low CPU weight)
@@ -139,22 +139,18 @@ async def open_scheduler(
         await nursery.start(scheduler.serve)
         pool_scope = trio.CancelScope()
 
-        async def run_pools(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async def run_all(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with pool_scope:
-                async with trio.open_nursery() as pn:
-                    for p in pools.values():
-                        await pn.start(p.run)
-                    task_status.started()
+                await run_pools(pools.values(), task_status=task_status)
 
-        await nursery.start(run_pools)
+        await nursery.start(run_all)
         try:
             yield Wired(scheduler, pools, backend)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(60):
                 await scheduler.wait_idle()
                 pool_scope.cancel()  # the pools destroy their warm sandboxes
-                while scheduler.statistics().destroying:  # noqa: ASYNC110 (teardown only)
-                    await trio.sleep(0.05)
+                await scheduler.wait_destroyed()
             nursery.cancel_scope.cancel()
 
 

@@ -19,6 +19,7 @@ from ._languages import Language as Language
 from ._pool import LiveSandboxes as LiveSandboxes
 from ._pool import PoolStatistics as PoolStatistics
 from ._pool import WarmPool as WarmPool
+from ._pool import run_pools as run_pools
 from ._protocol import Backend as Backend
 from ._protocol import DeathInfo as DeathInfo
 from ._protocol import Event as Event
@@ -59,5 +60,6 @@ __all__ = [
     "SandboxStartError",
     "WarmPool",
     "container_config",
+    "run_pools",
     "socket_path_from_env",
 ]

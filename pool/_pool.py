@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -383,3 +384,13 @@ class WarmPool:
                     self._nursery_discard(sandbox)
             if stale:
                 self._kick()
+
+
+async def run_pools(
+    pools: Iterable[WarmPool], *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run every pool until cancelled (each then destroys its warm sandboxes)."""
+    async with trio.open_nursery() as nursery:
+        for p in pools:
+            await nursery.start(p.run)
+        task_status.started()

@@ -86,6 +86,8 @@ class Scheduler:
         self._in_flight = 0
         self._queued = 0
         self._destroying = 0
+        self._destroyed_all = trio.Event()
+        self._destroyed_all.set()
         self._accepting = True
         self._idle = trio.Event()
         self._idle.set()
@@ -175,14 +177,22 @@ class Scheduler:
             raise RuntimeError("Scheduler.serve() is not running")
         self._nursery.start_soon(self._destroy, pool, sandbox)
 
+    async def wait_destroyed(self) -> None:
+        """Return once no sandbox of a finished run is still being destroyed."""
+        await self._destroyed_all.wait()
+
     async def _destroy(self, pool: WarmPool, sandbox: Sandbox) -> None:
         self._destroying += 1
+        if self._destroyed_all.is_set():
+            self._destroyed_all = trio.Event()
         try:
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.destroy_timeout_s):
                 await trio.sleep(self.config.destroy_delay_s)
                 await pool.release(sandbox)
         finally:
             self._destroying -= 1
+            if self._destroying == 0:
+                self._destroyed_all.set()
 
     async def _execute(
         self,
