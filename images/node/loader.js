@@ -1,9 +1,10 @@
 // Cinch Node loader: a warmed-up Node that runs one program.
 //
-// The supervisor (PID 1) starts this with stdin, stdout and stderr as pipes and
-// fd 3 as the status pipe.  We warm up the CommonJS and ES module loaders and
-// the stdout/stderr streams, say we are ready ('r' on fd 3), block on one byte
-// from stdin, then run /tmp/work/main.js the way `node main.js` would:
+// The supervisor (PID 1) starts this with stdin, stdout and stderr as pipes,
+// fd 3 as the status pipe and fd 4 as the code pipe.  We warm up the CommonJS
+// and ES module loaders and the stdout/stderr streams, say we are ready ('r' on
+// fd 3), block until the code arrives on fd 4 (the supervisor has written the
+// program file by then), then run /tmp/work/main.js the way `node main.js` would:
 // Module.runMain picks CommonJS or ES modules (syntax detection is on by
 // default from Node 20.19), sets require.main, and leaves the rest of stdin,
 // unhandled rejections and exit codes to Node itself.  When the program is
@@ -18,6 +19,7 @@ require("node:events");
 
 const PATH = "/tmp/work/main.js";
 const STATUS_FD = 3;
+const CODE_FD = 4;
 
 async function warmUp() {
   // First use of each costs milliseconds: do it before the program arrives.
@@ -63,7 +65,7 @@ function reportExit(code) {
   for (const fn of others) fn.call(process, code);
   if (fatal) return;
   const final = process.exitCode ?? code;
-  const buf = Buffer.alloc(5);
+  const buf = Buffer.alloc(9); // 'x' | u32 code | u32 0: no stdout tail (it is flushed)
   buf.write("x");
   buf.writeUInt32BE((final ?? 0) & 0xff, 1);
   try {
@@ -75,15 +77,25 @@ function reportExit(code) {
 
 function runProgram() {
   fs.writeSync(STATUS_FD, "r");
-  const go = Buffer.alloc(1);
-  for (;;) {
+  // The code itself is read back from the file by Module.runMain; its arrival
+  // here is the signal to go: wait for the 4-byte length, then drain the rest.
+  const buf = Buffer.alloc(65536);
+  let got = 0;
+  let want = 4;
+  while (got < want) {
+    const off = Math.min(got, 4); // the length stays in buf[0, 4); code bytes are dropped
+    let n;
     try {
-      fs.readSync(0, go, 0, 1, null);
-      break;
+      n = fs.readSync(CODE_FD, buf, off, Math.min(buf.length - off, want - got), null);
     } catch (err) {
-      if (err.code !== "EAGAIN" && err.code !== "EINTR") throw err;
+      if (err.code === "EAGAIN" || err.code === "EINTR") continue;
+      throw err;
     }
+    if (n === 0) process.reallyExit(70); // the supervisor is gone
+    got += n;
+    if (want === 4 && got >= 4) want = 4 + buf.readUInt32BE(0);
   }
+  fs.closeSync(CODE_FD);
   process.on("uncaughtExceptionMonitor", onUncaught);
   process.on("exit", reportExit);
   process.argv[1] = PATH;

@@ -1,10 +1,12 @@
 """Cinch Python loader: a warmed-up interpreter that runs one program.
 
-The supervisor (PID 1) starts this with stdin, stdout and stderr as pipes and
-fd 3 as the status pipe.  We import what most programs need, say we are ready
-('r' on fd 3), block on one byte from stdin, then run /tmp/work/main.py the way
-`python3 main.py` would: as `__main__`, with its directory on sys.path, the
-rest of stdin as its stdin, tracebacks on stderr, SystemExit and
+The supervisor (PID 1) starts this with stdin, stdout and stderr as pipes, fd 3
+as the status pipe and fd 4 as the code pipe.  We import what most programs
+need, say we are ready ('r' on fd 3), block until the code arrives on fd 4 (the
+supervisor has written /tmp/work/main.py by then; we compile the bytes it sent
+rather than read the file back), then run it the way `python3 main.py` would:
+as `__main__`, with its directory on sys.path, stdin as its stdin, tracebacks
+on stderr (source lines from the file, as usual), SystemExit and
 KeyboardInterrupt handled as the interpreter does, then non-daemon threads
 joined, atexit handlers run and output flushed.  We then report the exit code
 on fd 3 and leave with os._exit: the interpreter's own teardown (module
@@ -17,6 +19,7 @@ import sys
 # Warm-up: modules that nearly every program or traceback touches.
 import atexit
 import collections  # noqa: F401
+import io
 import encodings.idna  # noqa: F401
 import functools  # noqa: F401
 import itertools  # noqa: F401
@@ -55,30 +58,134 @@ def _exit_code(exc):
     return 1
 
 
+class _Stdout(io.RawIOBase):
+    """fd 1 under sys.stdout, as the FileIO of `python3 main.py` would be.
+
+    Except at the very end: what the program left in stdout's buffer then is
+    kept here and travels with the exit report, one write instead of two (and
+    one read fewer for the supervisor), each a costly trip under gVisor.
+    """
+
+    name = "<stdout>"
+    mode = "wb"
+
+    def __init__(self):
+        super().__init__()
+        self.tail = None  # a list once the program has finished
+
+    def readable(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def fileno(self):
+        return 1
+
+    def isatty(self):
+        return os.isatty(1)
+
+    def close(self):
+        # closefd=False, like the interpreter's own stdout: fd 1 stays open.
+        super().close()
+
+    def write(self, data):
+        if self.tail is not None:
+            self.tail.append(bytes(data))
+            return len(data)
+        return os.write(1, data)
+
+
+TAIL_MAX = 65536  # the supervisor's TAIL_CAP
+
+
+def _install_stdout():
+    old = sys.stdout
+    raw = _Stdout()
+    try:
+        size = os.fstat(1).st_blksize or io.DEFAULT_BUFFER_SIZE
+    except OSError:
+        size = io.DEFAULT_BUFFER_SIZE
+    text = io.TextIOWrapper(
+        io.BufferedWriter(raw, size),
+        encoding=old.encoding,
+        errors=old.errors,
+        newline="\n",
+        line_buffering=old.line_buffering,
+        write_through=False,
+    )
+    text.mode = "w"
+    sys.stdout = sys.__stdout__ = text
+    return raw, text, old
+
+
+_RAW_STDOUT, _STDOUT, _OLD_STDOUT = _install_stdout()
+
+
 def _finish(code):
     try:
         threading._shutdown()
     except BaseException:
         pass
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    _RAW_STDOUT.tail = []
+    for stream in (sys.stdout, _STDOUT, sys.stderr):
         try:
             stream.flush()
         except BaseException:
             pass
-    os.write(3, b"x" + (code & 0xFF).to_bytes(4, "big"))
+    tail = b"".join(_RAW_STDOUT.tail)
+    if len(tail) > TAIL_MAX:
+        _write_all(1, tail)
+        tail = b""
+    _write_all(3, b"x" + (code & 0xFF).to_bytes(4, "big") + len(tail).to_bytes(4, "big") + tail)
     os._exit(code)
 
 
-def _run():
-    # os-level calls: three syscalls instead of seven, and each one is costly in gVisor.
-    fd = os.open(PATH, os.O_RDONLY)
-    try:
-        source = os.read(fd, 1 << 20)  # code is capped far below: one read, usually
-        while len(source) % (1 << 20) == 0 and (chunk := os.read(fd, 1 << 20)):
-            source += chunk
-    finally:
-        os.close(fd)
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# Read into memory allocated and touched while idle: a fresh 1 MiB bytes object
+# per read would mmap, fault in and munmap pages on the hot path (each a trip
+# to gVisor's kernel).
+_CODE_BUF = bytearray(1 << 20)
+
+
+def _receive_code():
+    """u32 length + code from fd 4: one read, usually (each syscall is costly in gVisor)."""
+    view = memoryview(_CODE_BUF)
+    got = 0
+    want = 4
+    while got < want:
+        n = os.readv(4, [view[got:]])
+        if n == 0:
+            os._exit(70)  # the supervisor is gone: nothing to run, nobody to tell
+        got += n
+        if want == 4 and got >= 4:
+            want = 4 + int.from_bytes(_CODE_BUF[:4], "big")
+            if want > len(_CODE_BUF):
+                return bytes(_CODE_BUF[4:got]) + _read_rest(want - got)
+    return bytes(view[4:want])
+
+
+def _read_rest(n):
+    parts = []
+    while n > 0:
+        chunk = os.read(4, min(n, 1 << 20))
+        if not chunk:
+            os._exit(70)
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _run(source):
     main = types.ModuleType("__main__")
     main.__file__ = PATH
     main.__cached__ = None
@@ -96,8 +203,11 @@ def _run():
         sys.excepthook(type(exc), exc, exc.__traceback__)
         threading._shutdown()
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, _STDOUT, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
         # Like CPython: die of SIGINT, so the parent sees the signal.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
@@ -115,6 +225,6 @@ exec(
     {"_sink": __import__("io").StringIO()},
 )
 os.set_inheritable(3, False)
+os.set_inheritable(4, False)
 os.write(3, b"r")
-os.read(0, 1)
-_run()
+_run(_receive_code())

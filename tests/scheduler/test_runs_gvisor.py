@@ -498,6 +498,72 @@ async def test_forged_exit_frame_on_pid1_stdout_is_ignored(shared: SharedSchedul
         assert r.stdout == "still running\n"
 
 
+async def test_python_stdout_is_buffered_like_the_interpreters(shared: SharedScheduler) -> None:
+    # `python3 main.py > pipe`: print() is block-buffered until exit, os.write(1) is not;
+    # the buffered tail travels with the exit report, so check order and attributes.
+    code = (
+        "import os, sys\n"
+        "print('a')\n"
+        "os.write(1, b'b\\n')\n"
+        "print(sys.stdout.fileno(), sys.stdout.encoding, sys.stdout.errors,\n"
+        "      sys.stdout.name, sys.stdout.mode, sys.stdout.isatty(),\n"
+        "      sys.stdout is sys.__stdout__, sys.stdout.buffer.raw.name)\n"
+        "sys.stdout.buffer.write(b'c\\n')\n"
+    )
+    r = await shared.run("python", code)
+    assert_exited(r)
+    # What `python3 main.py | cat` prints in the same image (checked with docker run):
+    # buffer.write() overtakes text still pending in the TextIOWrapper, as in CPython.
+    assert r.stdout == "b\nc\na\n1 utf-8 surrogateescape <stdout> w False True <stdout>\n", (
+        describe(r)
+    )
+
+
+async def test_python_replaced_stdout_and_big_tail_are_flushed(shared: SharedScheduler) -> None:
+    code = (
+        "import io, sys\n"
+        "sys.stdout = io.TextIOWrapper(io.BufferedWriter(sys.stdout.buffer, 1 << 20), 'utf-8')\n"
+        "sys.stdout.write('x' * 300000)\n"
+        "sys.stdout.write('\\nend\\n')\n"
+    )
+    r = await shared.run("python", code)
+    assert_exited(r)
+    assert r.stdout == "x" * 300000 + "\nend\n", describe(r)[:300]
+
+
+@LANGS
+async def test_program_file_is_written_before_the_program_runs(
+    shared: SharedScheduler, language: str
+) -> None:
+    code = {
+        "python": "src = open(__file__).read()\nprint(len(src), src.startswith('src ='))\n",
+        "javascript": "const src = require('fs').readFileSync(__filename, 'utf8');\n"
+        "console.log(src.length, src.startsWith('const src ='));\n",
+    }[language]
+    r = await shared.run(language, code)
+    assert_exited(r)
+    assert r.stdout.split() == [str(len(code)), "True" if language == "python" else "true"]
+
+
+@LANGS
+async def test_junk_on_the_loaders_pipes_only_hurts_its_own_run(
+    shared: SharedScheduler, language: str
+) -> None:
+    # fds 3 (exit report) and 4 (code) belong to the loader, so the program can reach them.
+    code = {
+        "python": "import os\nos.write(3, b'zz')\ntry:\n    os.write(4, b'junk')\n"
+        "except OSError:\n    pass\nprint('done')\n",
+        "javascript": "const fs = require('fs');\nfs.writeSync(3, 'zz');\nconsole.log('done');\n",
+    }[language]
+    r = await shared.run(language, code)
+    # A result (no hang), charged; the program's own output may be what it cost.
+    assert r.termination in (Termination.EXITED, Termination.SANDBOX_ERROR), describe(r)
+    assert r.billable
+    after = await shared.run(language, {"python": "print(5)", "javascript": "console.log(5)"}[language])
+    assert_exited(after)
+    assert after.stdout == "5\n"
+
+
 # -- concurrency and reuse -------------------------------------------------------------------------
 
 
@@ -521,6 +587,28 @@ async def test_sixteen_concurrent_runs_each_get_their_own_output(shared: SharedS
         assert results[i].stdout == token * 3 + "\n"
     ids = [r.sandbox_id for r in results.values()]
     assert len(set(ids)) == 16
+
+
+async def test_buffered_output_survives_an_exit_racing_the_report(shared: SharedScheduler) -> None:
+    # The last buffered stdout travels with the exit report while the pipes close and
+    # SIGCHLD arrives at once; a run longer than the supervisor's grace period (so the
+    # pipes are watched) on a busy machine once lost it.  Many at once, several times.
+    busy = "import time\nend = time.time() + 0.5\nwhile time.time() < end:\n    pass\n"
+    for _round in range(3):
+        results: dict[int, RunResult] = {}
+
+        async def one(i: int) -> None:
+            code = f"import time\ntime.sleep(0.02)\nprint('line', {i})\n"
+            results[i] = await shared.run("python", code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):  # keep both cores busy, so supervisors wake late
+                nursery.start_soon(shared.run, "python", busy)
+            for i in range(8):
+                nursery.start_soon(one, i)
+        for i in range(8):
+            assert_exited(results[i])
+            assert results[i].stdout == f"line {i}\n", describe(results[i])
 
 
 # -- restart of the process leaves no container behind ------------------------------------------
