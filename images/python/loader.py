@@ -19,9 +19,9 @@ import sys
 # Warm-up: modules that nearly every program or traceback touches.
 import atexit
 import collections  # noqa: F401
-import io
 import encodings.idna  # noqa: F401
 import functools  # noqa: F401
+import io
 import itertools  # noqa: F401
 import linecache
 import math  # noqa: F401

@@ -597,7 +597,7 @@ async def test_buffered_output_survives_an_exit_racing_the_report(shared: Shared
     for _round in range(3):
         results: dict[int, RunResult] = {}
 
-        async def one(i: int) -> None:
+        async def one(i: int, results: dict[int, RunResult]) -> None:
             code = f"import time\ntime.sleep(0.02)\nprint('line', {i})\n"
             results[i] = await shared.run("python", code)
 
@@ -605,7 +605,7 @@ async def test_buffered_output_survives_an_exit_racing_the_report(shared: Shared
             for _ in range(4):  # keep both cores busy, so supervisors wake late
                 nursery.start_soon(shared.run, "python", busy)
             for i in range(8):
-                nursery.start_soon(one, i)
+                nursery.start_soon(one, i, results)
         for i in range(8):
             assert_exited(results[i])
             assert results[i].stdout == f"line {i}\n", describe(results[i])
