@@ -125,6 +125,11 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             "headers": {
                                 "X-Request-Id": {"schema": {"type": "string"}},
                                 "X-Credits-Remaining": {"schema": {"type": "string"}},
+                                "Server-Timing": {
+                                    "description": "Milliseconds spent reading the request, "
+                                    "authorizing, running and settling",
+                                    "schema": {"type": "string"},
+                                },
                             },
                             "content": {
                                 "application/json": {

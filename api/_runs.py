@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,22 @@ def bearer_key(header: str | None) -> str:
     if scheme.lower() != "bearer" or not key.startswith("cinch_live_") or len(key) > 200:
         raise ApiError(401, "invalid API key: expected Authorization: Bearer cinch_live_...")
     return key
+
+
+class ServerTiming:
+    """Milliseconds per step of a run, for the ``Server-Timing`` response header."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._start = self._last = time.perf_counter() if start is None else start
+        self._steps: list[tuple[str, float]] = []
+
+    def mark(self, step: str) -> None:
+        now = time.perf_counter()
+        self._steps.append((step, (now - self._last) * 1000))
+        self._last = now
+
+    def header(self) -> str:
+        return ", ".join(f"{step};dur={ms:.2f}" for step, ms in self._steps)
 
 
 class HoldBudget:
@@ -201,8 +218,11 @@ async def _authorized_run(
     request_id: str,
     rl_headers: dict[str, str],
 ) -> Response:
+    timing = ServerTiming(getattr(g, "t_perf", None))
+    timing.mark("parse")
     try:
         auth = await store.authorize(key, HOLD_STEP)
+        timing.mark("auth")
     except StoreError as exc:
         log.error("request %s: %s", request_id, exc)
         raise ApiError(
@@ -251,6 +271,7 @@ async def _authorized_run(
         with trio.CancelScope(shield=True):
             try:
                 result = await scheduler.run(run_request, budget)
+                timing.mark("run")
             except (NoCapacity, ShuttingDown) as exc:
                 retry = getattr(exc, "retry_after_s", 2.0)
                 raise ApiError(
@@ -259,6 +280,7 @@ async def _authorized_run(
                     headers={"Retry-After": str(max(1, round(retry)))},
                 ) from None
             settlement = await _settle(store, hold_id, auth, result, request_id)
+            timing.mark("settle")
             hold_id = None
             metrics.runs.labels(result.language, result.termination.value).inc()
             metrics.run_duration.labels(result.language).observe(result.duration_ms / 1000)
@@ -276,6 +298,7 @@ async def _authorized_run(
             {
                 "X-Request-Id": request_id,
                 "X-Credits-Remaining": str(max(0, settlement.available)),
+                "Server-Timing": timing.header(),
                 **rl_headers,
             },
         )

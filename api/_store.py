@@ -76,6 +76,24 @@ class IdempotencyRecord:
     response: dict[str, Any] | None
 
 
+# A FROM item that makes the statement's own transaction commit without waiting
+# for the WAL flush (set_config(..., true) is SET LOCAL).
+_ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true) AS _async_commit"
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs on release: no open transaction.
+
+    asyncpg's default reset sends ``RESET ALL; UNLISTEN *; ...`` on every
+    release: one more round trip per query, on the request path.  Nothing here
+    leaves session state behind (no SET, LISTEN or cursors; the one advisory
+    lock is released in a ``finally``), so a rollback when a transaction was
+    left open is enough.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 def _aio(fn: Any) -> Any:
     return trio_asyncio.aio_as_trio(fn)
 
@@ -98,7 +116,7 @@ class Store:
             database_url, server = await trio.to_thread.run_sync(_start_embedded, data_dir)
         try:
             pool = await _aio(asyncpg.create_pool)(
-                database_url, min_size=2, max_size=16, command_timeout=10
+                database_url, min_size=2, max_size=16, command_timeout=10, reset=_reset
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to the database: {exc}") from exc
@@ -268,8 +286,11 @@ class Store:
     # -- credits ------------------------------------------------------------------------
 
     async def authorize(self, key: str, max_hold: int) -> Authorization:
+        # A hold is not money: losing one in a database crash costs nothing (the
+        # run's settlement charges it anyway), so its commit does not wait for
+        # the WAL flush (~0.5 ms here).  Settlements and top-ups do.
         row = await self.fetchrow(
-            "SELECT * FROM cinch_authorize($1, $2, $3, $4)",
+            "SELECT a.* FROM cinch_authorize($1, $2, $3, $4) a, " + _ASYNC_COMMIT,
             hash_key(key),
             max_hold,
             self.instance_id,
@@ -286,7 +307,7 @@ class Store:
 
     async def extend_hold(self, hold_id: int, add: int) -> int | None:
         value = await self.fetchval(
-            "SELECT cinch_extend_hold($1, $2, $3)", hold_id, add, HOLD_TTL_S
+            "SELECT cinch_extend_hold($1, $2, $3) FROM " + _ASYNC_COMMIT, hold_id, add, HOLD_TTL_S
         )
         return int(value) if value is not None else None
 

@@ -28,6 +28,9 @@ async def test_run_returns_the_contract_fields(app_env):
     assert body["truncated"] is False
     assert body["creditsCharged"] == body["durationMs"]
     assert r.headers["X-Request-Id"]
+    steps = dict(part.strip().split(";dur=") for part in r.headers["Server-Timing"].split(","))
+    assert list(steps) == ["parse", "auth", "run", "settle"]
+    assert all(float(ms) >= 0 for ms in steps.values())
     balance, available = await app_env.store.balance(account)
     assert int(r.headers["X-Credits-Remaining"]) == available == 10_000 - body["creditsCharged"]
     assert balance == available
