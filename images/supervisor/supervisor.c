@@ -230,6 +230,9 @@ int main(int argc, char **argv) {
     memset(first, 1, sizeof first);
     memset(pend, 1, sizeof pend);
     memset(status_msg, 1, sizeof status_msg);
+    /* The program file exists, empty, from now on: only the code is left to write. */
+    int cfd = open(code_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (cfd < 0) fail("cannot create the program file");
     send_frame('Y', NULL, 0);
 
     /* One run frame: usually a single read brings all of it. */
@@ -266,10 +269,8 @@ int main(int argc, char **argv) {
     const unsigned char *stdin_data = code + code_len;
     size_t stdin_len = len - 24 - code_len, stdin_off = 0;
 
-    int cfd = open(code_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (cfd < 0) fail("cannot write the program file");
+    /* One syscall: the file was opened while idle; it is never closed (we exit soon). */
     write_all(cfd, code, code_len);
-    close(cfd);
 
     /* The code (the loader's go), then the program's stdin, then EOF.  The code
        pipe stays open: closing it is one more syscall on the hot path. */
