@@ -153,8 +153,9 @@ def _write_all(fd, data):
 
 # Read into memory allocated and touched while idle: a fresh 1 MiB bytes object
 # per read would mmap, fault in and munmap pages on the hot path (each a trip
-# to gVisor's kernel).
-_CODE_BUF = bytearray(1 << 20)
+# to gVisor's kernel).  64 KiB covers nearly every program; longer code is read
+# on (and pays for its pages then).
+_CODE_BUF = bytearray(1 << 16)
 
 
 def _receive_code():

@@ -68,7 +68,8 @@
 #define CHUNK 65536
 #define FLUSH_MS 10               /* oldest unsent output waits at most this */
 #define OUT_GRACE_MS 5            /* output pipes are left alone this long after the go */
-#define PEND_CAP (4 * CHUNK)      /* output collected before it must be sent */
+#define PEND_CAP (2 * CHUNK)      /* output collected before it must be sent */
+#define WARM_BYTES 16384          /* of each buffer, touched while idle */
 #define TAIL_CAP CHUNK            /* stdout that may come with the exit report */
 
 /* Frames waiting to go to the host, in order. */
@@ -227,9 +228,9 @@ int main(int argc, char **argv) {
     static unsigned char first[65536];
     /* Touch the buffers now: a first-touch page fault costs a trip to gVisor's
        kernel, and the hot path should not pay it. */
-    memset(first, 1, sizeof first);
-    memset(pend, 1, sizeof pend);
-    memset(status_msg, 1, sizeof status_msg);
+    memset(first, 1, WARM_BYTES); /* the rest only for big programs and outputs */
+    memset(pend, 1, WARM_BYTES);
+    memset(status_msg, 1, WARM_BYTES);
     /* The program file exists, empty, from now on: only the code is left to write. */
     int cfd = open(code_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (cfd < 0) fail("cannot create the program file");

@@ -546,6 +546,23 @@ async def test_program_file_is_written_before_the_program_runs(
 
 
 @LANGS
+async def test_long_program_arrives_whole(shared: SharedScheduler, language: str) -> None:
+    # Longer than the loader's 64 KiB code buffer and than a pipe's capacity.
+    filler = "x" * 100
+    lines = {
+        "python": [f"# {filler} {i}" for i in range(3000)]
+        + ["print('end', len(open(__file__).read()))"],
+        "javascript": [f"// {filler} {i}" for i in range(3000)]
+        + ["console.log('end', require('fs').readFileSync(__filename, 'utf8').length)"],
+    }[language]
+    code = "\n".join(lines) + "\n"
+    assert len(code) > 300_000
+    r = await shared.run(language, code)
+    assert_exited(r)
+    assert r.stdout == f"end {len(code)}\n", describe(r)
+
+
+@LANGS
 async def test_junk_on_the_loaders_pipes_only_hurts_its_own_run(
     shared: SharedScheduler, language: str
 ) -> None:
@@ -559,7 +576,9 @@ async def test_junk_on_the_loaders_pipes_only_hurts_its_own_run(
     # A result (no hang), charged; the program's own output may be what it cost.
     assert r.termination in (Termination.EXITED, Termination.SANDBOX_ERROR), describe(r)
     assert r.billable
-    after = await shared.run(language, {"python": "print(5)", "javascript": "console.log(5)"}[language])
+    after = await shared.run(
+        language, {"python": "print(5)", "javascript": "console.log(5)"}[language]
+    )
     assert_exited(after)
     assert after.stdout == "5\n"
 
