@@ -181,7 +181,11 @@ class WarmPool:
                             self._nursery_discard(sandbox)
                             raise
                         return sandbox
-                    self._kick()
+                    # Tell the refill loop a run is waiting, and sleep until the pool
+                    # changes (a sandbox ready, a start failed). Not _kick(): waking
+                    # the other waiters here made them wake each other in a loop,
+                    # burning most of a core whenever runs queued.
+                    self._wake_refill.set()
                     changed = self._changed
                     await changed.wait()
             finally:

@@ -420,6 +420,45 @@ async def test_queue_time_out(autojump_clock: trio.testing.MockClock) -> None:
         assert s.scheduler.statistics().queued == 0
 
 
+class _StepBudget(trio.abc.Instrument):
+    """Counts task steps; past ``limit`` it cancels ``scope`` (a livelock never idles)."""
+
+    def __init__(self, limit: int, scope: trio.CancelScope) -> None:
+        self.limit = limit
+        self.scope = scope
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+        if self.steps > self.limit:
+            self.scope.cancel()
+
+
+async def test_runs_waiting_on_an_empty_pool_sleep(autojump_clock: trio.testing.MockClock) -> None:
+    # Eight runs queue on an empty pool while sandboxes start one second at a time.
+    # Waiters once woke each other in a loop (every waiter's wake-up kicked the
+    # others), burning a core whenever runs queued: on a virtual clock that loop never
+    # lets time pass, so a budget of task steps catches it.
+    backend = CountingBackend(start_delay_s=1)
+    async with running(backend, size=0, queue_timeout_s=30) as s:
+        results = []
+
+        async def one(i: int) -> None:
+            results.append(await s.run(f"out:{i}"))
+
+        with trio.CancelScope() as scope:
+            budget = _StepBudget(20_000, scope)
+            trio.lowlevel.add_instrument(budget)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for i in range(8):
+                        nursery.start_soon(one, i)
+            finally:
+                trio.lowlevel.remove_instrument(budget)
+        assert not scope.cancelled_caught, f"{budget.steps} task steps: waiters are spinning"
+        assert sorted(r.stdout for r in results) == [str(i) for i in range(8)]
+
+
 async def test_shutting_down_and_unknown_language(autojump_clock: trio.testing.MockClock) -> None:
     async with running() as s:
         with pytest.raises(UnknownLanguage):
