@@ -156,6 +156,19 @@ static void flush_pending(void) {
     pend_len = 0;
 }
 
+static void put_header(unsigned char *h, char type, uint32_t n) {
+    h[0] = (unsigned char)type; h[1] = n >> 24; h[2] = n >> 16; h[3] = n >> 8; h[4] = n;
+}
+
+/* Add a whole frame (len <= PEND_CAP - 5) to the pending buffer. */
+static void queue_frame(char type, const void *payload, size_t len) {
+    if (PEND_CAP - pend_len < 5 + len) flush_pending();
+    put_header(pend + pend_len, type, (uint32_t)len);
+    memcpy(pend + pend_len + 5, payload, len);
+    if (pend_len == 0) pend_since = now_ms();
+    pend_len += 5 + len;
+}
+
 /* Read what fd holds into the pending buffer as one frame of the given type;
    returns what read() returned. */
 static ssize_t collect(int fd, char type) {
@@ -163,9 +176,7 @@ static ssize_t collect(int fd, char type) {
     size_t room = PEND_CAP - pend_len - 5;
     ssize_t got = read(fd, pend + pend_len + 5, room < CHUNK ? room : CHUNK);
     if (got > 0) {
-        unsigned char *h = pend + pend_len;
-        uint32_t n = (uint32_t)got;
-        h[0] = (unsigned char)type; h[1] = n >> 24; h[2] = n >> 16; h[3] = n >> 8; h[4] = n;
+        put_header(pend + pend_len, type, (uint32_t)got);
         if (pend_len == 0) pend_since = now_ms();
         pend_len += 5 + (size_t)got;
     }
@@ -440,14 +451,7 @@ int main(int argc, char **argv) {
 
     /* The stdout tail that came with the exit report goes after everything the
        pipes held (whichever way the loop above ended). */
-    if (reported && tail_len && !over_limit) {
-        if (PEND_CAP - pend_len < 5 + tail_len) flush_pending();
-        unsigned char *h = pend + pend_len;
-        uint32_t n = (uint32_t)tail_len;
-        h[0] = 'O'; h[1] = n >> 24; h[2] = n >> 16; h[3] = n >> 8; h[4] = n;
-        memcpy(h + 5, status_msg + 9, tail_len);
-        pend_len += 5 + tail_len;
-    }
+    if (reported && tail_len && !over_limit) queue_frame('O', status_msg + 9, tail_len);
     unsigned char xf[21];
     memcpy(xf, nonce, 16);
     uint32_t value;
@@ -466,11 +470,7 @@ int main(int argc, char **argv) {
     }
     xf[17] = value >> 24; xf[18] = value >> 16; xf[19] = value >> 8; xf[20] = value;
     /* The collected output and the exit frame: one write, usually. */
-    if (PEND_CAP - pend_len < 5 + sizeof xf) flush_pending();
-    unsigned char *h = pend + pend_len;
-    h[0] = 'X'; h[1] = 0; h[2] = 0; h[3] = 0; h[4] = sizeof xf;
-    memcpy(h + 5, xf, sizeof xf);
-    pend_len += 5 + sizeof xf;
+    queue_frame('X', xf, sizeof xf);
     flush_pending();
     /* Stop every leftover process now, but let the sandbox itself end only when
        the host hangs up (or after 3 s): its teardown costs ~100 CPU-ms, and the
