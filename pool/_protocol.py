@@ -139,7 +139,8 @@ class Backend(Protocol):
     async def unpause(self, sandbox: Sandbox) -> None: ...
 
     async def destroy(self, sandbox: Sandbox) -> None:
-        """Unpause if needed, kill, remove; with a time-out and a retry. Never raises."""
+        """Hang up, unpause if needed, let it stop by itself (briefly), then remove it
+        (killing it if it has not stopped); with time-outs and retries. Never raises."""
 
     async def remove_leftovers(self) -> int:
         """Remove this instance's containers from an earlier life; returns the count."""

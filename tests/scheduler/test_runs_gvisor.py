@@ -630,6 +630,41 @@ async def test_buffered_output_survives_an_exit_racing_the_report(shared: Shared
             assert results[i].stdout == f"line {i}\n", describe(results[i])
 
 
+# -- destroy ---------------------------------------------------------------------------------------
+
+
+@LANGS
+async def test_destroy_lets_the_sandbox_end_by_itself(engine_ready: bool, language: str) -> None:
+    """Hung up on after its run, the sandbox stops on its own: the engine never kills it.
+
+    (Removing a running container costs the engine a kill, a runsc command and
+    its waits: machine CPU every run would pay.)
+    """
+    seen: dict[str, list[str]] = {}
+    destroyed: dict[str, trio.Event] = {}
+    async with real_scheduler(pool_size=1) as sandboxes:
+        backend = sandboxes.backend
+        record = backend._record
+
+        def spy(cid: str, action: str) -> None:
+            seen.setdefault(cid, []).append(action)
+            if action == "destroy":
+                destroyed.setdefault(cid, trio.Event()).set()
+            record(cid, action)
+
+        backend._record = spy
+        code = {"python": "print(1)", "javascript": "console.log(1)"}[language]
+        r = await sandboxes.scheduler.run(RunRequest(language, code))
+        assert_exited(r)
+        await sandboxes.scheduler.wait_destroyed()
+        with trio.fail_after(20):
+            await destroyed.setdefault(r.sandbox_id, trio.Event()).wait()
+        actions = seen[r.sandbox_id]
+        assert "die" in actions, actions
+        assert "kill" not in actions, actions
+        assert actions.index("die") < actions.index("destroy"), actions
+
+
 # -- restart of the process leaves no container behind ------------------------------------------
 
 
