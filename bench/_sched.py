@@ -107,6 +107,8 @@ async def lifecycle_probe(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(tracker.run_sampler)
+            # As in `cinch serve` (destroy waits on it for a sandbox to stop by itself).
+            await nursery.start(backend.watch_events)
             for _ in range(lives):
                 await trio.sleep(gap_s)
                 tracker.mark()
