@@ -128,7 +128,9 @@ async def _scenario(
                             current["key"], current["key_id"] = new_key, new_id
                         TOTALS["regenerations"] += 1
 
-                async def watch(cancel: trio.CancelScope) -> None:
+                async def watch(
+                    cancel: trio.CancelScope, task_status: Any = trio.TASK_STATUS_IGNORED
+                ) -> None:
                     with cancel:
                         while True:
                             s = await _state(store, account_id)
@@ -136,11 +138,15 @@ async def _scenario(
                             assert s["balance"] >= 0, dict(s)
                             assert s["balance"] - s["held"] >= 0, dict(s)
                             tally.samples += 1
+                            if tally.samples == 1:
+                                task_status.started()
                             await trio.sleep(0.05)
 
                 watcher = trio.CancelScope()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(watch, watcher)
+                    # One sample before the operations start: a lone 402 can answer
+                    # before a first sample would otherwise have been taken.
+                    await nursery.start(watch, watcher)
                     async with trio.open_nursery() as work:
                         for kind, arg, delay in ops:
                             work.start_soon(do, kind, arg, delay)
