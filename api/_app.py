@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -85,7 +84,6 @@ def create_app(
     async def _start() -> None:
         g.request_id = uuid.uuid4().hex
         g.t0 = trio.current_time()
-        g.t_perf = time.perf_counter()
         app.config["METRICS"].in_flight.inc()
         app.config["IN_FLIGHT"].enter()
 

@@ -174,17 +174,19 @@ class DockerBackend:
         self._event_arrived.set()
         self._event_arrived = trio.Event()
 
+    async def _wait_event(self, cid: str, action: str, timeout_s: float) -> None:
+        """Until the event stream has shown ``action`` for ``cid``, or ``timeout_s``."""
+        with trio.move_on_after(timeout_s):
+            while action not in self._events.get(cid, set()):
+                await self._event_arrived.wait()
+
     async def death_info(self, sandbox: DockerSandbox) -> DeathInfo:
         # The 'die' event may trail the end of the attach stream a little.
-        with trio.move_on_after(1.0):
-            while "die" not in self._events.get(sandbox.id, set()):
-                await self._event_arrived.wait()
+        await self._wait_event(sandbox.id, "die", 1.0)
         # And 'oom' may trail 'die' (seen: 80 ms under load; Docker sets OOMKilled
         # only when it arrives): a death we did not cause waits a moment for it.
         if not sandbox.killed_by_us:
-            with trio.move_on_after(OOM_EVENT_GRACE_S):
-                while "oom" not in self._events.get(sandbox.id, set()):
-                    await self._event_arrived.wait()
+            await self._wait_event(sandbox.id, "oom", OOM_EVENT_GRACE_S)
         actions = self._events.get(sandbox.id, set())
         exit_code: int | None = None
         oom = "oom" in actions
@@ -266,9 +268,7 @@ class DockerBackend:
             # container skips the engine's kill (a runsc command and its waits):
             # ~20 machine CPU-ms of the ~350 a sandbox's life costs here.
             if self._watching:
-                with trio.move_on_after(EXIT_GRACE_S):
-                    while "die" not in self._events.get(sandbox.id, set()):
-                        await self._event_arrived.wait()
+                await self._wait_event(sandbox.id, "die", EXIT_GRACE_S)
             await self._remove(sandbox.id)
             self._events.pop(sandbox.id, None)
 

@@ -125,6 +125,14 @@ def _install_stdout():
 _RAW_STDOUT, _STDOUT, _OLD_STDOUT = _install_stdout()
 
 
+def _flush_streams():
+    for stream in (sys.stdout, _STDOUT, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
 def _finish(code):
     try:
         threading._shutdown()
@@ -132,11 +140,7 @@ def _finish(code):
         pass
     atexit._run_exitfuncs()
     _RAW_STDOUT.tail = []
-    for stream in (sys.stdout, _STDOUT, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
+    _flush_streams()
     tail = b"".join(_RAW_STDOUT.tail)
     if len(tail) > TAIL_MAX:
         _write_all(1, tail)
@@ -204,11 +208,7 @@ def _run(source):
         sys.excepthook(type(exc), exc, exc.__traceback__)
         threading._shutdown()
         atexit._run_exitfuncs()
-        for stream in (sys.stdout, _STDOUT, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
+        _flush_streams()
         # Like CPython: die of SIGINT, so the parent sees the signal.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
