@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -16,37 +16,37 @@ from werkzeug.exceptions import HTTPException
 from ._config import Config
 from ._errors import ApiError
 from ._health import bp as health_bp
-from ._limits import KeyLimiter
+from ._limits import FailureLimiter, KeyLimiter
 from ._metrics import Metrics
 from ._runs import bp as runs_bp
 from ._runs import json_response
+from ._state import AppState, Readiness
 
 log = logging.getLogger("cinch.api")
 
-Readiness = Callable[[], Awaitable[dict[str, Any]]]
 
+class _CountRequests:
+    """ASGI middleware: counts HTTP requests from arrival until the handler is done.
 
-class RequestsInFlight:
-    """Counts requests being handled, so shutdown can wait for their answers."""
+    In ``finally``, so a request cancelled by a client that hung up is counted
+    out too (an ``after_request`` hook is skipped then).
+    """
 
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = trio.Event()
-        self._idle.set()
+    def __init__(self, app: Any, state: AppState) -> None:
+        self._app = app
+        self._state = state
 
-    def enter(self) -> None:
-        self.count += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
-
-    def leave(self) -> None:
-        self.count -= 1
-        if self.count <= 0:
-            self.count = 0
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self._app(scope, receive, send)
+            return
+        self._state.metrics.in_flight.inc()
+        self._state.in_flight.enter()
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._state.in_flight.leave()
+            self._state.metrics.in_flight.dec()
 
 
 def create_app(
@@ -65,16 +65,20 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = 2 * (config.max_code_bytes + config.max_stdin_bytes) + 65536
     app.config["JSON_SORT_KEYS"] = False
     app.config["CINCH"] = config
-    app.config["STORE"] = store
-    app.config["SCHEDULER"] = scheduler
-    app.config["METRICS"] = metrics or Metrics(scheduler)
-    app.config["LIMITER"] = KeyLimiter(
-        config.rate_limit_rps, config.rate_limit_burst, config.max_concurrent_per_key
+    state = AppState(
+        config=config,
+        store=store,
+        scheduler=scheduler,
+        metrics=metrics or Metrics(scheduler),
+        limiter=KeyLimiter(
+            config.rate_limit_rps, config.rate_limit_burst, config.max_concurrent_per_key
+        ),
+        auth_failures=FailureLimiter(config.auth_failures_per_s, config.auth_failures_burst),
+        readiness=readiness,
+        languages_info=languages_info or {},
     )
-    app.config["IDEMPOTENCY_WAITERS"] = {}
-    app.config["IN_FLIGHT"] = RequestsInFlight()
-    app.config["READINESS"] = readiness
-    app.config["LANGUAGES_INFO"] = languages_info or {}
+    app.extensions["cinch"] = state
+    app.asgi_app = _CountRequests(app.asgi_app, state)  # type: ignore[method-assign]
     app.register_blueprint(runs_bp)
     app.register_blueprint(health_bp)
     for bp in blueprints:
@@ -84,19 +88,15 @@ def create_app(
     async def _start() -> None:
         g.request_id = uuid.uuid4().hex
         g.t0 = trio.current_time()
-        app.config["METRICS"].in_flight.inc()
-        app.config["IN_FLIGHT"].enter()
 
     @app.after_request
     async def _finish(response: Response) -> Response:
         response.headers.setdefault("X-Request-Id", getattr(g, "request_id", ""))
-        m = app.config["METRICS"]
+        m = state.metrics
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         m.http_requests.labels(route, request.method, str(response.status_code)).inc()
         if hasattr(g, "t0"):
             m.http_duration.labels(route).observe(trio.current_time() - g.t0)
-            m.in_flight.dec()
-            app.config["IN_FLIGHT"].leave()
             del g.t0
         return response
 
@@ -115,9 +115,7 @@ def create_app(
         if status == 404:
             message = f"no such endpoint: {request.method} {request.path}"
         elif status == 405:
-            allowed = (
-                ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
-            )
+            allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or []))
             message = f"method {request.method} is not allowed on {request.path}" + (
                 f"; use {allowed}" if allowed else ""
             )
@@ -130,7 +128,7 @@ def create_app(
             message = exc.description or exc.name
         headers = {}
         if status == 405 and getattr(exc, "valid_methods", None):
-            headers["Allow"] = ", ".join(sorted(exc.valid_methods or []))
+            headers["Allow"] = ", ".join(sorted(getattr(exc, "valid_methods", None) or []))
         return json_response({"error": message}, status, headers)
 
     @app.errorhandler(Exception)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,9 @@ class Config:
     rate_limit_rps: float = 50.0
     rate_limit_burst: int = 100
     max_concurrent_per_key: int = 32
+    # Failed authentications per client address: a burst, then a steady rate.
+    auth_failures_burst: int = 20
+    auth_failures_per_s: float = 1.0
     idempotency_ttl_s: int = 24 * 3600
     signup_credits: int = 10_000
     signups_per_ip_per_hour: int = 5
@@ -69,7 +72,7 @@ class Config:
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
-            kind = type(f.default)
+            kind: type[Any] = type(cast(Any, f.default))
             try:
                 if kind is bool:
                     if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
@@ -102,6 +105,10 @@ class Config:
         check(self.queue_max >= 0, "CINCH_QUEUE_MAX must be >= 0")
         check(
             self.rate_limit_rps > 0 and self.rate_limit_burst >= 1, "CINCH_RATE_LIMIT_* must be > 0"
+        )
+        check(
+            self.auth_failures_burst >= 1 and self.auth_failures_per_s > 0,
+            "CINCH_AUTH_FAILURES_* must be > 0",
         )
         check(self.max_concurrent_per_key >= 1, "CINCH_MAX_CONCURRENT_PER_KEY must be >= 1")
         check(

@@ -33,6 +33,7 @@ from typing import Any
 import trio
 from markupsafe import Markup
 from quart import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
+from quart.typing import ResponseReturnValue
 
 from ._chart import usage_svg
 from ._config import Config
@@ -48,7 +49,8 @@ from ._payments import (
     start_stripe_checkout,
     webhook_blueprint,
 )
-from ._store import NotFoundError, StoreError
+from ._state import app_state
+from ._store import NotFoundError, SignupLimited, StoreError
 
 log = logging.getLogger("cinch.dashboard")
 
@@ -89,21 +91,6 @@ class _State:
         # argon2id takes ~64 MiB and tens of ms per hash: off the event loop, two at a time.
         self.hash_limiter = trio.CapacityLimiter(2)
         self.dummy_hash: str | None = None
-        self._signups: dict[str, list[float]] = {}
-
-    def signup_allowed(self, ip: str) -> bool:
-        """Each sign-up is a free credit grant: cap them per address per hour (this instance)."""
-        now = trio.current_time()
-        recent = [t for t in self._signups.get(ip, []) if now - t < SIGNUP_WINDOW_S]
-        if len(self._signups) > 10_000:
-            self._signups = {
-                k: v for k, v in self._signups.items() if v and now - v[-1] < SIGNUP_WINDOW_S
-            }
-        self._signups[ip] = recent
-        return len(recent) < self.config.signups_per_ip_per_hour
-
-    def record_signup(self, ip: str) -> None:
-        self._signups.setdefault(ip, []).append(trio.current_time())
 
     async def hash_password(self, password: str) -> str:
         return await trio.to_thread.run_sync(hash_password, password, limiter=self.hash_limiter)
@@ -305,7 +292,7 @@ async def current_account() -> Account | None:
     account = None
     token = _cookie_value(SESSION_COOKIE)
     if token:
-        row = await current_app.config["STORE"].session_account(
+        row = await app_state().store.session_account(
             _token_hash(token), SESSION_TTL_S, SESSION_MAX_AGE_S
         )
         if row is not None:
@@ -315,7 +302,7 @@ async def current_account() -> Account | None:
 
 
 async def _start_session(account_id: int) -> None:
-    store = current_app.config["STORE"]
+    store = app_state().store
     old = _cookie_value(SESSION_COOKIE)
     if old:
         await store.delete_session(_token_hash(old))
@@ -448,7 +435,7 @@ async def docs() -> Response:
     await current_account()
     config = _state().config
     base_url = _base_url()
-    reference = languages_document(config, current_app.config["LANGUAGES_INFO"])
+    reference = languages_document(config, app_state().languages_info)
     return await _page(
         "docs.html",
         base_url=base_url,
@@ -465,7 +452,7 @@ def _form_value(form: Any, name: str, limit: int = 1024) -> str:
 
 async def signup() -> Any:
     state = _state()
-    store = current_app.config["STORE"]
+    store = app_state().store
     if request.method == "GET":
         if await current_account() is not None:
             return redirect(url_for("dashboard.keys"))
@@ -485,25 +472,31 @@ async def signup() -> Any:
     elif password.strip().lower() == email.lower():
         errors["password"] = "Choose a password that is not your e-mail address."
     ip = request.remote_addr or "unknown"
-    if not errors and not state.signup_allowed(ip):
-        response = await _page(
-            "signup.html",
-            429,
-            errors={"form": "Too many new accounts from your network. Try again in an hour."},
-            email=email,
-        )
-        response.headers["Retry-After"] = str(SIGNUP_WINDOW_S)
-        return response
+    account_id = 0
     if not errors:
+        # Each sign-up is a free credit grant: the per-address cap is checked and the
+        # sign-up recorded in one transaction, so concurrent sign-ups cannot all pass.
         try:
             account_id = await store.create_account(
-                email, await state.hash_password(password), state.config.signup_credits
+                email,
+                await state.hash_password(password),
+                state.config.signup_credits,
+                signup_ip=ip,
+                max_per_ip_per_hour=state.config.signups_per_ip_per_hour,
             )
+        except SignupLimited:
+            response = await _page(
+                "signup.html",
+                429,
+                errors={"form": "Too many new accounts from your network. Try again in an hour."},
+                email=email,
+            )
+            response.headers["Retry-After"] = str(SIGNUP_WINDOW_S)
+            return response
         except ValueError:
             errors["email"] = "An account with this e-mail already exists. Log in instead."
     if errors:
         return await _page("signup.html", 400, errors=errors, email=email)
-    state.record_signup(ip)
     key, _ = await store.create_key(account_id, "default")
     await _start_session(account_id)
     g.account = Account(account_id, email)
@@ -517,7 +510,7 @@ async def signup() -> Any:
 
 async def login() -> Any:
     state = _state()
-    store = current_app.config["STORE"]
+    store = app_state().store
     if request.method == "GET":
         next_path = request.args.get("next", "")
         if await current_account() is not None:
@@ -556,10 +549,10 @@ async def login() -> Any:
     return redirect(next_path if _NEXT.match(next_path) else url_for("dashboard.usage"), 303)
 
 
-async def logout() -> Response:
+async def logout() -> ResponseReturnValue:
     token = _cookie_value(SESSION_COOKIE)
     if token:
-        await current_app.config["STORE"].delete_session(_token_hash(token))
+        await app_state().store.delete_session(_token_hash(token))
     g.new_session_token = ""
     return redirect(url_for("dashboard.login", bye=1), 303)
 
@@ -568,7 +561,7 @@ async def logout() -> Response:
 
 
 @login_required
-async def dashboard(account: Account) -> Response:
+async def dashboard(account: Account) -> ResponseReturnValue:
     return redirect(url_for("dashboard.usage"))
 
 
@@ -581,7 +574,7 @@ async def _keys_page(
     notice: str | None = None,
     errors: dict[str, str] | None = None,
 ) -> Response:
-    rows = await current_app.config["STORE"].list_keys(account.id)
+    rows = await app_state().store.list_keys(account.id)
     return await _page(
         "keys.html",
         status,
@@ -597,7 +590,7 @@ async def _keys_page(
 
 @login_required
 async def keys(account: Account) -> Response:
-    store = current_app.config["STORE"]
+    store = app_state().store
     if request.method == "GET":
         notice = "The key was revoked." if request.args.get("revoked") else None
         return await _keys_page(account, notice=notice)
@@ -619,7 +612,7 @@ async def keys(account: Account) -> Response:
 
 @login_required
 async def regenerate_key(account: Account, key_id: int) -> Response:
-    store = current_app.config["STORE"]
+    store = app_state().store
     try:
         key, new_id = await store.regenerate_key(account.id, key_id)
     except NotFoundError:
@@ -634,9 +627,9 @@ async def regenerate_key(account: Account, key_id: int) -> Response:
 
 
 @login_required
-async def revoke_key(account: Account, key_id: int) -> Response:
+async def revoke_key(account: Account, key_id: int) -> ResponseReturnValue:
     try:
-        await current_app.config["STORE"].revoke_key(account.id, key_id)
+        await app_state().store.revoke_key(account.id, key_id)
     except NotFoundError:
         return await _error_page(404, "No such key", "This key does not exist or was revoked.")
     return redirect(url_for("dashboard.keys", revoked=1), 303)
@@ -644,7 +637,7 @@ async def revoke_key(account: Account, key_id: int) -> Response:
 
 @login_required
 async def usage(account: Account) -> Response:
-    store = current_app.config["STORE"]
+    store = app_state().store
     balance, available = await store.balance(account.id)
     days = await store.daily_usage(account.id, 30)
     return await _page(
@@ -666,7 +659,7 @@ async def _topup_page(
     amount: str = "",
     notice: str | None = None,
 ) -> Response:
-    store = current_app.config["STORE"]
+    store = app_state().store
     config = _state().config
     balance, available = await store.balance(account.id)
     try:
@@ -689,10 +682,10 @@ async def _topup_page(
 
 
 @login_required
-async def topup(account: Account) -> Response:
+async def topup(account: Account) -> ResponseReturnValue:
     state = _state()
     config = state.config
-    store = current_app.config["STORE"]
+    store = app_state().store
     if request.method == "GET":
         notice = None
         checkout = request.args.get("checkout")

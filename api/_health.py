@@ -8,6 +8,7 @@ from quart import Blueprint, Response, current_app
 
 from ._openapi import openapi_document
 from ._runs import json_response
+from ._state import app_state
 
 bp = Blueprint("health", __name__)
 
@@ -19,7 +20,7 @@ async def healthz() -> Response:
 
 @bp.get("/readyz")
 async def readyz() -> Response:
-    check = current_app.config["READINESS"]
+    check = app_state().readiness
     if check is None:
         return json_response({"status": "ok", "checks": {}})
     checks = await check()
@@ -70,13 +71,13 @@ def languages_document(config: Any, info: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/languages")
 async def languages() -> Response:
     return json_response(
-        languages_document(current_app.config["CINCH"], current_app.config["LANGUAGES_INFO"])
+        languages_document(current_app.config["CINCH"], app_state().languages_info)
     )
 
 
 @bp.get("/metrics")
 async def metrics() -> Response:
-    body = current_app.config["METRICS"].render()
+    body = app_state().metrics.render()
     return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -1,4 +1,9 @@
-"""Per-key rate limits (token bucket) and concurrency caps, in memory."""
+"""Per-key rate limits (token bucket) and concurrency caps, and failed-auth limits, in memory.
+
+A key gets a bucket only once it has authenticated: a flood of made-up keys
+cannot evict real users' buckets, and is limited per client address instead
+(:class:`FailureLimiter`), before it reaches the database.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +36,8 @@ class Decision:
 class KeyLimiter:
     """``rate`` requests per second with bursts of ``burst``, and ``max_running`` at once.
 
-    Keys are the SHA-256 of the API key, so floods with bad keys are limited
-    before they reach the database, and at most ``MAX_TRACKED_KEYS`` are kept.
+    Keys are the SHA-256 of an API key that authenticated; at most
+    ``MAX_TRACKED_KEYS`` are kept (least recently used go first).
     """
 
     def __init__(self, rate: float, burst: int, max_running: int) -> None:
@@ -71,7 +76,54 @@ class KeyLimiter:
         bucket.running += 1
         return Decision(True, self.burst, int(bucket.tokens), reset, 0)
 
+    def acquire_known(self, key: bytes) -> Decision | None:
+        """:meth:`acquire` for a key seen to authenticate before; None for any other key."""
+        if key not in self._buckets:
+            return None
+        return self.acquire(key)
+
     def release(self, key: bytes) -> None:
         bucket = self._buckets.get(key)
         if bucket is not None and bucket.running > 0:
             bucket.running -= 1
+
+
+class FailureLimiter:
+    """Failed authentications per client address: ``burst`` at once, then ``rate`` per second.
+
+    Checked before the database is asked, so an address that keeps sending bad
+    keys costs one dictionary look-up per request.  At most ``max_tracked``
+    addresses are kept (least recently failed go first).
+    """
+
+    def __init__(self, rate: float, burst: int, max_tracked: int = MAX_TRACKED_KEYS) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_tracked = max_tracked
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def _refill(self, bucket: _Bucket) -> None:
+        now = trio.current_time()
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+
+    def retry_after_s(self, address: str) -> int:
+        """0 when ``address`` may try to authenticate; else seconds until it may."""
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            return 0
+        self._refill(bucket)
+        if bucket.tokens >= 1:
+            return 0
+        return max(1, math.ceil((1 - bucket.tokens) / self.rate))
+
+    def record_failure(self, address: str) -> None:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = _Bucket(float(self.burst), trio.current_time())
+            while len(self._buckets) > self.max_tracked:
+                self._buckets.popitem(last=False)
+        else:
+            self._refill(bucket)
+            self._buckets.move_to_end(address)
+        bucket.tokens = max(0.0, bucket.tokens - 1)

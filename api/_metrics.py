@@ -88,7 +88,7 @@ class Metrics:
     """Every metric Cinch exports, on a registry of its own."""
 
     def __init__(self, scheduler: Any | None = None) -> None:
-        disable_created_metrics()  # *_created series only add noise here
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only add noise here
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.runs = Counter("cinch_runs", "Runs finished", ["language", "termination"], registry=r)

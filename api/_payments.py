@@ -24,11 +24,12 @@ from typing import Any
 
 import stripe
 import trio
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, request
 
 from ._config import Config
 from ._errors import ApiError
-from ._runs import json_response
+from ._runs import json_response, request_body
+from ._state import app_state
 from ._store import StoreError
 
 log = logging.getLogger("cinch.payments")
@@ -137,7 +138,7 @@ def webhook_blueprint(config: Config) -> Blueprint:
 
     @bp.post("/webhooks/stripe")
     async def stripe_webhook() -> Response:
-        payload = await request.get_data(cache=False)
+        payload = await request_body()
         signature = request.headers.get("Stripe-Signature")
         if not signature:
             raise ApiError(400, "missing Stripe-Signature header")
@@ -158,7 +159,7 @@ def webhook_blueprint(config: Config) -> Blueprint:
         if not isinstance(event, dict):
             raise ApiError(400, "the payload is not a JSON event")
         try:
-            outcome = await _handle_event(current_app.config["STORE"], config, event)
+            outcome = await _handle_event(app_state().store, config, event)
         except StoreError as exc:
             log.error("stripe webhook: %s", exc)
             # Stripe retries: nothing was recorded, so the retry is handled afresh.

@@ -1,4 +1,8 @@
-"""``POST /run``: authenticate, hold credits, run, settle, answer."""
+"""``POST /run``: parse, begin (auth, idempotency, hold), run, finish (charge once), answer.
+
+The money moves in :class:`~api._ledger.RunLedger`; this module only decides
+what to answer.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, g, request
+from quart import Blueprint, Response, g, request
 
 from scheduler import NoCapacity, RunRequest, RunResult, ShuttingDown
 
 from ._errors import ApiError
-from ._store import StoreError, hash_key
+from ._keys import hash_key
+from ._ledger import Begin, Idempotency, RunLedger, RunOutcome, RunStart, Settlement
+from ._limits import Decision
+from ._state import AppState, app_state
+from ._store import StoreError
 
 log = logging.getLogger("cinch.api")
 bp = Blueprint("runs", __name__)
@@ -29,6 +37,7 @@ LANGUAGE_ALIASES = {
     "nodejs": "javascript",
 }
 HOLD_STEP = 500  # credits held ahead of use, per half second
+SETTLE_BOUND_S = 10.0  # how long a finished run's charge is retried before giving up
 BAD_BODY = 'the body must be a JSON object like {"code": "print(2 + 2)", "language": "python"}'
 
 
@@ -76,6 +85,12 @@ def parse_run_body(raw: bytes, max_code_bytes: int, max_stdin_bytes: int) -> Par
     return ParsedRun(code, canonical, stdin, digest)
 
 
+async def request_body() -> bytes:
+    """The whole request body, read once (not cached: /run bodies can be large)."""
+    raw = await request.get_data(cache=False)
+    return raw if isinstance(raw, bytes) else raw.encode("utf-8")
+
+
 def bearer_key(header: str | None) -> str:
     if not header:
         raise ApiError(401, "missing API key: send the header Authorization: Bearer cinch_live_...")
@@ -104,33 +119,38 @@ class ServerTiming:
 
 
 class HoldBudget:
-    """Keeps the run's credit hold ahead of its use; stops the run when nothing is left."""
+    """Keeps the run's credit hold ahead of its use (the scheduler's :class:`Budget`).
 
-    def __init__(self, store: Any, hold_id: int, held: int) -> None:
-        self._store = store
+    Returns how long the run is paid for: the run goes on while any held credit
+    is unused, and stops only when nothing more is available.  When the
+    database cannot be reached, the run goes on within what it already holds.
+    """
+
+    def __init__(self, ledger: RunLedger, hold_id: int, held: int) -> None:
+        self._ledger = ledger
         self._hold_id = hold_id
         self.held = held
 
-    async def extend(self, elapsed_ms: int) -> bool:
+    async def extend(self, elapsed_ms: int) -> int:
         ahead = self.held - elapsed_ms
         if ahead >= 2 * HOLD_STEP:
-            return True
+            return self.held
         # Top up to a whole step past the next check: checks drift late (each waits
-        # half a second after a database call), and a hold that falls behind the
-        # clock caps the settlement below the run's durationMs.
+        # half a second after a database call).
         add = max(HOLD_STEP, 2 * HOLD_STEP - ahead)
         try:
-            new = await self._store.extend_hold(self._hold_id, add)
+            new = await self._ledger.extend_hold(self._hold_id, add)
         except StoreError:
-            log.warning("hold %s: database unavailable, stopping the run", self._hold_id)
-            return False
+            log.warning(
+                "hold %s: database unavailable; the run goes on within its hold", self._hold_id
+            )
+            return self.held
         if new is not None and new > self.held:
             self.held = new
-            return True
-        return self.held - elapsed_ms >= HOLD_STEP
+        return self.held
 
 
-def result_body(result: RunResult, charged: int) -> dict[str, Any]:
+def result_body(result: RunResult, charged: int = 0) -> dict[str, Any]:
     return {
         "stdout": result.stdout,
         "stderr": result.stderr,
@@ -161,116 +181,173 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-@bp.post("/run")
-async def run() -> Response:
-    app = current_app
-    config = app.config["CINCH"]
-    store = app.config["STORE"]
-    scheduler = app.config["SCHEDULER"]
-    metrics = app.config["METRICS"]
-    limiter = app.config["LIMITER"]
-    request_id = g.request_id
-
-    # Read the body first, whatever happens next: a response sent over an unread
-    # body leaves the keep-alive connection stuck for the client's next request.
-    raw = await request.get_data(cache=False)
-    key = bearer_key(request.headers.get("Authorization"))
-    parsed = parse_run_body(raw, config.max_code_bytes, config.max_stdin_bytes)
-    idem_key = request.headers.get("Idempotency-Key")
-    if idem_key is not None and not (0 < len(idem_key) <= 255):
-        raise ApiError(400, "Idempotency-Key must be 1 to 255 characters")
-
-    key_id = hash_key(key)
-    decision = limiter.acquire(key_id)
-    rl_headers = {
+def _rate_headers(decision: Decision | None) -> dict[str, str]:
+    if decision is None:
+        return {}
+    return {
         "RateLimit-Limit": str(decision.limit),
         "RateLimit-Remaining": str(decision.remaining),
         "RateLimit-Reset": str(decision.reset_s),
     }
-    if not decision.allowed:
-        what = (
-            f"more than {config.rate_limit_rps:g} requests per second"
-            if decision.reason == "rate"
-            else f"more than {config.max_concurrent_per_key} runs at once"
-        )
+
+
+def _rate_limited(state: AppState, decision: Decision) -> ApiError:
+    config = state.config
+    what = (
+        f"more than {config.rate_limit_rps:g} requests per second"
+        if decision.reason == "rate"
+        else f"more than {config.max_concurrent_per_key} runs at once"
+    )
+    return ApiError(
+        429,
+        f"rate limited: this key sent {what}; retry after {decision.retry_after_s} s",
+        headers={"Retry-After": str(decision.retry_after_s), **_rate_headers(decision)},
+    )
+
+
+def _database_down() -> ApiError:
+    return ApiError(
+        503, "the credits database is unavailable; retry shortly", headers={"Retry-After": "2"}
+    )
+
+
+class _Slot:
+    """This request's place in its key's rate and concurrency limits (released once)."""
+
+    def __init__(self, state: AppState, key_hash: bytes) -> None:
+        self._state = state
+        self._key_hash = key_hash
+        self.decision: Decision | None = None
+
+    def take_known(self) -> None:
+        """Before the database: only keys that authenticated before have a bucket."""
+        decision = self._state.limiter.acquire_known(self._key_hash)
+        if decision is not None and not decision.allowed:
+            raise _rate_limited(self._state, decision)
+        self.decision = decision
+
+    def take(self) -> None:
+        """After the key authenticated, for its first request here."""
+        if self.decision is None:
+            decision = self._state.limiter.acquire(self._key_hash)
+            if not decision.allowed:
+                raise _rate_limited(self._state, decision)
+            self.decision = decision
+
+    def release(self) -> None:
+        if self.decision is not None:
+            self._state.limiter.release(self._key_hash)
+            self.decision = None
+
+    def headers(self) -> dict[str, str]:
+        return _rate_headers(self.decision)
+
+
+def _check_address(state: AppState, address: str) -> None:
+    """429, before any database query, for an address that keeps failing to authenticate."""
+    wait_s = state.auth_failures.retry_after_s(address)
+    if wait_s:
         raise ApiError(
             429,
-            f"rate limited: this key sent {what}; retry after {decision.retry_after_s} s",
-            headers={"Retry-After": str(decision.retry_after_s), **rl_headers},
+            f"too many requests with invalid API keys from this address; retry after {wait_s} s",
+            headers={"Retry-After": str(wait_s)},
         )
+
+
+@bp.post("/run")
+async def run() -> Response:
+    state = app_state()
+    config = state.config
+    # Read the body first, whatever happens next: a response sent over an unread
+    # body leaves the keep-alive connection stuck for the client's next request.
+    raw = await request_body()
+    address = request.remote_addr or "unknown"
     try:
-        return await _authorized_run(
-            app, config, store, scheduler, metrics, key, parsed, idem_key, request_id, rl_headers
+        key = bearer_key(request.headers.get("Authorization"))
+    except ApiError:
+        _check_address(state, address)
+        state.auth_failures.record_failure(address)
+        raise
+    parsed = parse_run_body(raw, config.max_code_bytes, config.max_stdin_bytes)
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is not None and not (0 < len(idem_key) <= 255):
+        raise ApiError(400, "Idempotency-Key must be 1 to 255 characters")
+    idem = None
+    if idem_key is not None:
+        idem = Idempotency(
+            idem_key,
+            parsed.body_hash,
+            config.idempotency_ttl_s,
+            # The claim's lease: the latest this request can still be settling.
+            lease_s=int(config.queue_timeout_s + config.run_timeout_s + SETTLE_BOUND_S + 5),
         )
+    slot = _Slot(state, hash_key(key))
+    slot.take_known()
+    if slot.decision is None:
+        # A key not seen to authenticate: its address must not be flooding bad keys.
+        _check_address(state, address)
+    try:
+        return await _run(state, slot, parsed, idem, address)
     finally:
-        limiter.release(key_id)
+        slot.release()
 
 
-async def _authorized_run(
-    app: Any,
-    config: Any,
-    store: Any,
-    scheduler: Any,
-    metrics: Any,
-    key: str,
-    parsed: ParsedRun,
-    idem_key: str | None,
-    request_id: str,
-    rl_headers: dict[str, str],
+async def _run(
+    state: AppState, slot: _Slot, parsed: ParsedRun, idem: Idempotency | None, address: str
 ) -> Response:
+    config = state.config
+    ledger = state.store.ledger
+    run_id: str = g.request_id
     timing = ServerTiming(getattr(g, "t0", None))
     timing.mark("parse")
-    try:
-        auth = await store.authorize(key, HOLD_STEP)
-        timing.mark("auth")
-    except StoreError as exc:
-        log.error("request %s: %s", request_id, exc)
-        raise ApiError(
-            503, "the credits database is unavailable; retry shortly", headers={"Retry-After": "2"}
-        ) from None
-    if auth.status == "invalid_key":
+    start = await _begin(state, slot._key_hash, run_id, idem)
+    timing.mark("auth")
+    if start.status is Begin.INVALID_KEY:
+        state.auth_failures.record_failure(address)
         raise ApiError(401, "invalid API key (revoked or unknown)")
-    if auth.status == "no_credits":
-        raise ApiError(
-            402, "out of credits: top up in your dashboard", headers={"X-Credits-Remaining": "0"}
-        )
-    hold_id = auth.hold_id
-    assert hold_id is not None
-    assert auth.account_id is not None
-    owned_idem = False
+    assert start.account_id is not None
+    account_id = start.account_id
+    settled = False
     try:
-        if idem_key is not None:
-            replay = await _idempotency(app, store, auth.account_id, idem_key, parsed, config)
-            if replay is not None:
-                await store.release_hold(hold_id)
-                hold_id = None
-                status, body = replay
-                _, available = await store.balance(auth.account_id)
-                return json_response(
-                    body,
-                    status,
-                    {
-                        "X-Request-Id": request_id,
-                        "X-Credits-Remaining": str(max(0, available)),
-                        "Idempotent-Replayed": "true",
-                        **rl_headers,
-                    },
-                )
-            owned_idem = True
+        slot.take()
+        if start.status is Begin.CONFLICT:
+            raise ApiError(
+                409, "this Idempotency-Key was already used with a different request body"
+            )
+        if start.status is Begin.REPLAY:
+            assert start.replay_body is not None
+            return json_response(
+                start.replay_body,
+                start.replay_status or 200,
+                {
+                    "X-Request-Id": run_id,
+                    "X-Credits-Remaining": str(max(0, start.available)),
+                    "Idempotent-Replayed": "true",
+                    **slot.headers(),
+                },
+            )
+        if start.status is Begin.NO_CREDITS:
+            raise ApiError(
+                402,
+                "out of credits: top up in your dashboard",
+                headers={"X-Credits-Remaining": "0"},
+            )
+        assert start.status is Begin.OK
+        assert start.hold_id is not None
         run_request = RunRequest(
             language=parsed.language,
             code=parsed.code,
             stdin=parsed.stdin,
             timeout_s=config.run_timeout_s,
             output_limit_bytes=config.output_limit_bytes,
-            request_id=request_id,
+            request_id=run_id,
         )
-        budget = HoldBudget(store, hold_id, auth.hold_amount)
+        budget = HoldBudget(ledger, start.hold_id, start.hold_amount)
         # A client that hangs up does not stop the run or its bill: the run is
-        # bounded by its own limits, and settling it is what makes it paid for.
+        # bounded by its own limits, and finishing it is what makes it paid for.
         with trio.CancelScope(shield=True):
             try:
-                result = await scheduler.run(run_request, budget)
+                result = await state.scheduler.run(run_request, budget)
                 timing.mark("run")
             except (NoCapacity, ShuttingDown) as exc:
                 retry = getattr(exc, "retry_after_s", 2.0)
@@ -279,98 +356,116 @@ async def _authorized_run(
                     f"no sandbox available right now: {exc}",
                     headers={"Retry-After": str(max(1, round(retry)))},
                 ) from None
-            settlement = await _settle(store, hold_id, auth, result, request_id)
+            body = result_body(result)
+            settlement = await _finish(state, start, run_id, idem, result, body)
+            settled = True
             timing.mark("settle")
-            hold_id = None
-            metrics.runs.labels(result.language, result.termination.value).inc()
-            metrics.run_duration.labels(result.language).observe(result.duration_ms / 1000)
-            metrics.queue_wait.labels(result.language).observe(result.queue_ms / 1000)
+        metrics = state.metrics
+        metrics.runs.labels(result.language, result.termination.value).inc()
+        metrics.run_duration.labels(result.language).observe(result.duration_ms / 1000)
+        metrics.queue_wait.labels(result.language).observe(result.queue_ms / 1000)
+        if settlement.first:
             metrics.credits_charged.inc(settlement.charged)
-            body = result_body(result, settlement.charged)
-            if owned_idem:
-                assert idem_key is not None
-                await store.idempotency_finish(auth.account_id, idem_key, 200, body)
-                owned_idem = False
-                _notify_idempotency(app, auth.account_id, idem_key)
+        body["creditsCharged"] = settlement.charged
         return json_response(
             body,
             200,
             {
-                "X-Request-Id": request_id,
+                "X-Request-Id": run_id,
                 "X-Credits-Remaining": str(max(0, settlement.available)),
                 "Server-Timing": timing.header(),
-                **rl_headers,
+                **slot.headers(),
             },
         )
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            if hold_id is not None:
-                try:
-                    await store.release_hold(hold_id)
-                except StoreError:
-                    pass  # it expires by itself
-            if owned_idem and idem_key is not None:
-                try:
-                    await store.idempotency_abort(auth.account_id, idem_key)
-                except StoreError:
-                    pass
-                _notify_idempotency(app, auth.account_id, idem_key)
+        if not settled and start.status is Begin.OK:
+            await _abort(state, run_id)
+        if idem is not None:
+            state.notify_idempotency(account_id, idem.key)
 
 
-async def _settle(store: Any, hold_id: int, auth: Any, result: RunResult, request_id: str) -> Any:
-    """Charge the run; retried briefly. Without a charge there is no result: never a free run."""
-    for attempt in range(4):
+async def _begin(
+    state: AppState, key_hash: bytes, run_id: str, idem: Idempotency | None
+) -> RunStart:
+    """``begin_run``, waiting while another request with this Idempotency-Key runs."""
+    deadline = trio.current_time() + (idem.lease_s + 2 if idem else 0)
+    while True:
         try:
-            return await store.settle(
-                hold_id=hold_id,
-                account_id=auth.account_id,
-                key_id=auth.key_id,
-                run_id=request_id,
-                language=result.language,
-                termination=result.termination.value,
-                exit_code=result.exit_code,
-                duration_ms=result.duration_ms,
-                queue_ms=result.queue_ms,
-                billable=result.billable,
+            start = await state.store.ledger.begin_run(key_hash, run_id, HOLD_STEP, idem)
+        except StoreError as exc:
+            log.error("request %s: %s", run_id, exc)
+            # The claim may have committed: give it back so a retry need not wait.
+            await _abort(state, run_id)
+            raise _database_down() from None
+        if start.status is not Begin.RUNNING:
+            return start
+        # The first attempt is still running (here or on another instance): wait
+        # for its result, or for its claim to be free (owner dead, lease past).
+        assert idem is not None
+        assert start.account_id is not None
+        if trio.current_time() > deadline:
+            raise ApiError(409, "a request with this Idempotency-Key is still running")
+        event = state.idempotency_waiters.setdefault((start.account_id, idem.key), trio.Event())
+        with trio.move_on_after(0.25):
+            await event.wait()
+
+
+async def _finish(
+    state: AppState,
+    start: RunStart,
+    run_id: str,
+    idem: Idempotency | None,
+    result: RunResult,
+    body: dict[str, Any],
+) -> Settlement:
+    """Charge the run once; retried within ``SETTLE_BOUND_S`` (the call is idempotent).
+
+    Without a charge there is no result: never a free run.
+    """
+    assert start.hold_id is not None
+    assert start.account_id is not None
+    outcome = RunOutcome(
+        language=result.language,
+        termination=result.termination.value,
+        exit_code=result.exit_code,
+        duration_ms=result.duration_ms,
+        queue_ms=result.queue_ms,
+        billable=result.billable,
+    )
+    deadline = trio.current_time() + SETTLE_BOUND_S
+    delay = 0.1
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await state.store.ledger.finish_run(
+                run_id=run_id,
+                hold_id=start.hold_id,
+                account_id=start.account_id,
+                key_id=start.key_id,
+                outcome=outcome,
+                response=body,
+                idem_key=idem.key if idem else None,
             )
         except StoreError as exc:
-            log.warning("request %s: settle failed (attempt %d): %s", request_id, attempt + 1, exc)
-            await trio.sleep(0.25 * (attempt + 1))
+            log.warning("request %s: settle failed (attempt %d): %s", run_id, attempt, exc)
+            if trio.current_time() + delay > deadline:
+                break
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
     raise ApiError(
         503,
-        "the credits database is unavailable; the run was not charged, retry shortly",
+        "the credits database is unavailable, so this run's result could not be recorded; "
+        "retry shortly (with the same Idempotency-Key, a result that was recorded is "
+        "returned and not charged again)",
         headers={"Retry-After": "2"},
     )
 
 
-def _notify_idempotency(app: Any, account_id: int, key: str) -> None:
-    waiters = app.config["IDEMPOTENCY_WAITERS"]
-    event = waiters.pop((account_id, key), None)
-    if event is not None:
-        event.set()
-
-
-async def _idempotency(
-    app: Any, store: Any, account_id: int, key: str, parsed: ParsedRun, config: Any
-) -> tuple[int, dict[str, Any]] | None:
-    """None: we own the key and run. Otherwise the stored ``(status, body)`` to replay."""
-    deadline = trio.current_time() + config.queue_timeout_s + config.run_timeout_s + 5
-    while True:
-        record = await store.idempotency_begin(
-            account_id, key, parsed.body_hash, config.idempotency_ttl_s
-        )
-        if record is None:
-            return None
-        if record.body_hash != parsed.body_hash:
-            raise ApiError(
-                409, "this Idempotency-Key was already used with a different request body"
-            )
-        if record.state == "done" and record.response is not None:
-            return int(record.status_code or 200), record.response
-        # The first attempt is still running: wait for it (here or on another instance).
-        if trio.current_time() > deadline:
-            raise ApiError(409, "a request with this Idempotency-Key is still running")
-        waiters = app.config["IDEMPOTENCY_WAITERS"]
-        event = waiters.setdefault((account_id, key), trio.Event())
-        with trio.move_on_after(0.25):
-            await event.wait()
+async def _abort(state: AppState, run_id: str) -> None:
+    """Give back the hold and claim of a run that will not be settled (never raises)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(5):
+        try:
+            await state.store.ledger.abort_run(run_id)
+        except StoreError:
+            pass  # the hold expires by itself; the claim's lease runs out

@@ -23,18 +23,17 @@ from pool import (
     DockerBackend,
     DockerClient,
     Instance,
-    LiveSandboxes,
     PoolError,
-    WarmPool,
-    run_pools,
     socket_path_from_env,
 )
 from pool._images import current_tags
-from pool._setup import CGROUP_NAME, cgroup_parent_for
-from scheduler import Scheduler, SchedulerConfig
+from scheduler import Scheduler
 
 from ._app import create_app
 from ._config import Config
+from ._ledger import HEARTBEAT_S
+from ._pools import Pools, open_pools, sandbox_cgroup_parent
+from ._state import app_state
 from ._store import Store, StoreError
 
 log = logging.getLogger("cinch")
@@ -73,32 +72,17 @@ async def _languages_info(
     return info
 
 
-async def _cgroup_parent(client: DockerClient) -> str | None:
-    info = await client.info()
-    driver = str(info.get("CgroupDriver", "cgroupfs"))
-    parent = cgroup_parent_for(driver)
-    if driver != "systemd":
-        import os
-
-        if not any(
-            os.path.isdir(p)  # noqa: ASYNC240 (sysfs, instant)
-            for p in (
-                f"/sys/fs/cgroup/{CGROUP_NAME}",
-                f"/sys/fs/cgroup/cpu/{CGROUP_NAME}",
-                f"/sys/fs/cgroup/cpu,cpuacct/{CGROUP_NAME}",
-            )
-        ):
-            log.warning("cgroup %s is missing (run `cinch setup`); using the default", CGROUP_NAME)
-            return None
-    return parent
-
-
 async def _housekeeping(store: Store) -> None:
+    """Heartbeat (so other instances know our idempotency claims are alive) and reaping."""
+    last_reap = trio.current_time()
     while True:
-        await trio.sleep(30)
+        await trio.sleep(HEARTBEAT_S)
         try:
-            await store.reap_expired_holds()
-            await store.reap_idempotency()
+            await store.ledger.heartbeat()
+            if trio.current_time() - last_reap >= 30:
+                last_reap = trio.current_time()
+                await store.ledger.reap_expired_holds()
+                await store.ledger.reap_idempotency()
         except StoreError as exc:
             log.warning("housekeeping: %s", exc)
 
@@ -143,132 +127,116 @@ async def _serve_with_store(
         for name, tag in tags.items():
             if not await client.image_exists(tag):
                 raise SetupNeeded(f"image {tag} for {name} is missing; run `cinch setup`")
-        backend = DockerBackend(
-            client,
-            owner=instance.id,
-            runtimes=config.runtimes(),
-            cgroup_parent=await _cgroup_parent(client),
-        )
-        removed = await backend.remove_leftovers()
+        cgroup_parent = await sandbox_cgroup_parent(client)
+        removed = await DockerBackend(client, owner=instance.id, runtimes={}).remove_leftovers()
         if removed:
             log.info("removed %d leftover sandboxes of instance %s", removed, instance.id)
         languages_info = await _languages_info(client, tags, config.runtimes())
-        live = LiveSandboxes(config.max_sandboxes)
-        start_limiter = trio.CapacityLimiter(config.start_concurrency)
-        pools = {
-            name: WarmPool(
-                backend,
-                language=name,
-                image=tags[name],
-                size=size,
-                live=live,
-                start_limiter=start_limiter,
-                pause_idle=config.pause_idle,
-                max_age_s=config.sandbox_max_age_s,
-                refill_delay_s=config.refill_delay_s,
+        async with open_pools(
+            config, client, owner=instance.id, cgroup_parent=cgroup_parent, images=tags
+        ) as wired:
+            await _serve_with_pools(
+                config,
+                instance,
+                store,
+                client,
+                wired,
+                languages_info,
+                on_ready,
+                handle_signals,
+                task_status,
             )
-            for name, size in config.pool_sizes().items()
-        }
-        scheduler = Scheduler(
-            pools,
-            SchedulerConfig(
-                queue_timeout_s=config.queue_timeout_s,
-                queue_max=config.queue_max,
-                max_run_timeout_s=config.run_timeout_s,
-            ),
-        )
-
-        async def readiness() -> dict[str, Any]:
-            checks: dict[str, Any] = {}
-            try:
-                with trio.fail_after(2):
-                    await store.ping()
-                checks["database"] = {"ok": True}
-            except (StoreError, trio.TooSlowError) as exc:
-                checks["database"] = {"ok": False, "error": str(exc) or "timeout"}
-            try:
-                with trio.fail_after(2):
-                    await client.ping()
-                checks["engine"] = {"ok": True}
-            except (PoolError, trio.TooSlowError) as exc:
-                checks["engine"] = {"ok": False, "error": str(exc) or "timeout"}
-            for name in scheduler.languages:
-                s = scheduler.pool(name).statistics()
-                checks[f"pool:{name}"] = {
-                    "ok": not s.breaker_open and (s.size == 0 or s.ready + s.starting > 0),
-                    "size": s.size,
-                    "ready": s.ready,
-                    "starting": s.starting,
-                    "breakerOpen": s.breaker_open,
-                }
-            return checks
-
-        app = create_app(
-            config,
-            scheduler=scheduler,
-            store=store,
-            readiness=readiness,
-            languages_info=languages_info,
-            blueprints=_extra_blueprints(config),
-        )
-        hc = HypercornConfig()
-        hc.bind = [f"{config.host}:{config.port}"]
-        hc.accesslog = None
-        hc.errorlog = logging.getLogger("hypercorn.error")
-        hc.graceful_timeout = config.shutdown_grace_s + 3
-        hc.keep_alive_timeout = 75
-        shutdown = trio.Event()
-
-        async with trio.open_nursery() as nursery:
-            await nursery.start(backend.watch_events)
-            await nursery.start(scheduler.serve)
-            pool_nursery = await _start_pools(nursery, pools)
-            nursery.start_soon(_housekeeping, store)
-            bound = await nursery.start(
-                lambda task_status: hypercorn_serve(
-                    app, hc, shutdown_trigger=shutdown.wait, task_status=task_status
-                )
-            )
-            base_url = _base_url(config, bound)
-            if handle_signals:
-                nursery.start_soon(_signal_watcher, shutdown)
-            service = Service(
-                config, instance, store, scheduler, client, backend, base_url, shutdown
-            )
-            log.info("Cinch %s listening on %s", instance.id, base_url)
-            task_status.started(service)
-            if on_ready is not None:
-                await on_ready(service)
-            await shutdown.wait()
-            log.info("shutting down: no new runs; waiting for runs in flight")
-            scheduler.stop_accepting()
-            with trio.move_on_after(config.shutdown_grace_s):
-                await scheduler.wait_idle()
-            # Runs are over, but their answers may still be settling and being
-            # written. (Hypercorn itself would also wait for idle keep-alive
-            # connections, up to its graceful time-out.)
-            with trio.move_on_after(5):
-                await app.config["IN_FLIGHT"].wait_idle()
-                await trio.sleep(0.2)  # the last bytes of the last answer
-            log.info("answers sent; destroying pools")
-            pool_nursery.cancel()  # pools destroy their warm sandboxes
-            with trio.move_on_after(20):
-                await scheduler.wait_destroyed()
-            nursery.cancel_scope.cancel()
     finally:
         await client.aclose()
 
 
-async def _start_pools(nursery: trio.Nursery, pools: dict[str, WarmPool]) -> trio.CancelScope:
-    """Start every pool in a scope of its own, so shutdown can stop them first."""
-    scope = trio.CancelScope()
+async def _serve_with_pools(
+    config: Config,
+    instance: Instance,
+    store: Store,
+    client: DockerClient,
+    wired: Pools,
+    languages_info: dict[str, Any],
+    on_ready: Callable[[Service], Awaitable[None]] | None,
+    handle_signals: bool,
+    task_status: Any,
+) -> None:
+    scheduler, backend = wired.scheduler, wired.backend
 
-    async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await run_pools(pools.values(), task_status=task_status)
+    async def readiness() -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        try:
+            with trio.fail_after(2):
+                await store.ping()
+            checks["database"] = {"ok": True}
+        except (StoreError, trio.TooSlowError) as exc:
+            checks["database"] = {"ok": False, "error": str(exc) or "timeout"}
+        try:
+            with trio.fail_after(2):
+                await client.ping()
+            checks["engine"] = {"ok": True}
+        except (PoolError, trio.TooSlowError) as exc:
+            checks["engine"] = {"ok": False, "error": str(exc) or "timeout"}
+        for name in scheduler.languages:
+            s = scheduler.pool(name).statistics()
+            checks[f"pool:{name}"] = {
+                "ok": not s.breaker_open and (s.size == 0 or s.ready + s.starting > 0),
+                "size": s.size,
+                "ready": s.ready,
+                "starting": s.starting,
+                "breakerOpen": s.breaker_open,
+            }
+        return checks
 
-    await nursery.start(run)
-    return scope
+    app = create_app(
+        config,
+        scheduler=scheduler,
+        store=store,
+        readiness=readiness,
+        languages_info=languages_info,
+        blueprints=_extra_blueprints(config),
+    )
+    hc = HypercornConfig()
+    hc.bind = [f"{config.host}:{config.port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = config.shutdown_grace_s + 3
+    hc.keep_alive_timeout = 75
+    shutdown = trio.Event()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_housekeeping, store)
+        bound = await nursery.start(
+            lambda task_status: hypercorn_serve(
+                app, hc, shutdown_trigger=shutdown.wait, task_status=task_status
+            )
+        )
+        base_url = _base_url(config, bound)
+        if handle_signals:
+            nursery.start_soon(_signal_watcher, shutdown)
+        service = Service(config, instance, store, scheduler, client, backend, base_url, shutdown)
+        log.info("Cinch %s listening on %s", instance.id, base_url)
+        task_status.started(service)
+        if on_ready is not None:
+            await on_ready(service)
+        await shutdown.wait()
+        log.info("shutting down: no new runs; waiting for runs in flight")
+        scheduler.stop_accepting()
+        with trio.move_on_after(config.shutdown_grace_s):
+            await scheduler.wait_idle()
+        # Runs are over, but their answers may still be settling and being
+        # written. (Hypercorn itself would also wait for idle keep-alive
+        # connections, up to its graceful time-out.)
+        with trio.move_on_after(5):
+            await app_state(app).in_flight.wait_idle()
+            await trio.sleep(0.2)  # the last bytes of the last answer
+        with trio.move_on_after(2):
+            try:
+                await store.ledger.stop_instance()
+            except StoreError as exc:
+                log.warning("could not mark this instance stopped: %s", exc)
+        log.info("answers sent; destroying pools")
+        nursery.cancel_scope.cancel()
 
 
 def _base_url(config: Config, bound: Any) -> str:

@@ -20,6 +20,7 @@ from ._protocol import (
     FrameDecoder,
     Gone,
     Output,
+    Sandbox,
     decode_exit,
     encode_run,
     encode_signal,
@@ -245,15 +246,18 @@ class DockerBackend:
                 ) from exc
             raise
 
-    async def pause(self, sandbox: DockerSandbox) -> None:
+    async def pause(self, sandbox: Sandbox) -> None:
+        sandbox = _ours(sandbox)
         await self.client.pause(sandbox.id)
         sandbox.paused = True
 
-    async def unpause(self, sandbox: DockerSandbox) -> None:
+    async def unpause(self, sandbox: Sandbox) -> None:
+        sandbox = _ours(sandbox)
         await self.client.unpause(sandbox.id)
         sandbox.paused = False
 
-    async def destroy(self, sandbox: DockerSandbox) -> None:
+    async def destroy(self, sandbox: Sandbox) -> None:
+        sandbox = _ours(sandbox)
         with trio.CancelScope(shield=True):
             sandbox.killed_by_us = True
             await sandbox._stream.aclose()
@@ -326,6 +330,13 @@ class DockerBackend:
             except PoolError:
                 pass
         await self._remove(c["Id"])
+
+
+def _ours(sandbox: Sandbox) -> DockerSandbox:
+    """The :class:`Backend` protocol speaks of any Sandbox; this backend only gets its own."""
+    if not isinstance(sandbox, DockerSandbox):
+        raise TypeError(f"not a Docker sandbox: {sandbox!r}")
+    return sandbox
 
 
 def _runsc_pids(cid: str) -> list[int]:

@@ -225,8 +225,10 @@ class Scheduler:
             engine_lost = True
         t_end = trio.current_time()
         if state.stopped is not None and state.kill_sent_at is not None:
-            # Bill up to our kill, not up to however long the sandbox took to die.
-            t_end = min(t_end, state.kill_sent_at + SIGINT_GRACE_S)
+            # Bill up to our kill, not up to however long the sandbox took to die
+            # (a deadline's SIGINT grace is the program's time; other kills are at once).
+            grace = SIGINT_GRACE_S if state.stopped is Termination.TIMEOUT else 0.0
+            t_end = min(t_end, state.kill_sent_at + grace)
         duration_ms = max(0, round((t_end - t0) * 1000))
         stdout, stderr = collector.decode()
         termination, exit_code, signame, billable = await self._classify(
@@ -290,14 +292,20 @@ class Scheduler:
     async def _enforce_budget(
         self, sandbox: Sandbox, state: _RunState, budget: Budget, t0: float
     ) -> None:
+        # Check every interval, and at the very moment the paid time runs out: a
+        # run stops only when nothing more can be paid, not a whole step early.
+        next_check = t0 + BUDGET_INTERVAL_S
         while True:
-            await trio.sleep(BUDGET_INTERVAL_S)
+            await trio.sleep_until(next_check)
             elapsed_ms = round((trio.current_time() - t0) * 1000)
-            if not await budget.extend(elapsed_ms):
+            paid_ms = await budget.extend(elapsed_ms)
+            now = trio.current_time()
+            if paid_ms <= round((now - t0) * 1000):
                 if state.stopped is None:
                     state.stopped = Termination.CREDIT_LIMIT
                     await self._kill(sandbox, state, graceful=False)
                 return
+            next_check = min(now + BUDGET_INTERVAL_S, t0 + paid_ms / 1000)
 
     async def _classify(
         self,

@@ -59,8 +59,15 @@ class RunResult:
 
 
 class Budget(Protocol):
-    """Pays for a run while it lives (credits, in the API). Called every half second."""
+    """Pays for a run while it lives (credits, in the API).
 
-    async def extend(self, elapsed_ms: int) -> bool:
-        """Make sure the run may go on past ``elapsed_ms``; False stops it (credit_limit)."""
+    Asked every half second, and again when the run reaches what was paid for.
+    """
+
+    async def extend(self, elapsed_ms: int) -> int:
+        """Pay ahead if it can; returns how long (ms from the run's start) is paid for.
+
+        The run is stopped (``credit_limit``) when it reaches that and a new call
+        does not move it further.
+        """
         ...

@@ -513,15 +513,30 @@ async def test_sandbox_deaths_are_charged(autojump_clock: trio.testing.MockClock
 
 
 class ScriptedBudget:
-    """Allows the first ``allow`` extensions, then refuses."""
+    """Pays half a second ahead for the first ``allow`` calls, then nothing more."""
 
     def __init__(self, allow: int) -> None:
         self.allow = allow
         self.calls: list[int] = []
+        self.paid_ms = 500
 
-    async def extend(self, elapsed_ms: int) -> bool:
+    async def extend(self, elapsed_ms: int) -> int:
         self.calls.append(elapsed_ms)
-        return len(self.calls) <= self.allow
+        if len(self.calls) <= self.allow:
+            self.paid_ms = elapsed_ms + 500
+        return self.paid_ms
+
+
+class FixedBudget:
+    """Everything there is pays for ``paid_ms``: the account has no more."""
+
+    def __init__(self, paid_ms: int) -> None:
+        self.paid_ms = paid_ms
+        self.calls: list[int] = []
+
+    async def extend(self, elapsed_ms: int) -> int:
+        self.calls.append(elapsed_ms)
+        return self.paid_ms
 
 
 async def test_credit_limit_stops_the_run(autojump_clock: trio.testing.MockClock) -> None:
@@ -536,6 +551,20 @@ async def test_credit_limit_stops_the_run(autojump_clock: trio.testing.MockClock
         assert result.duration_ms == 1000
         # Not a deadline: no SIGINT grace, straight to SIGKILL.
         assert s.sandbox(result.sandbox_id)._signals == [signal.SIGKILL]
+
+
+async def test_run_goes_on_until_what_is_paid_runs_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The last 250 credits of an account buy 750 ms in all: the run is stopped at
+    # 750 ms, not at the half-second check before it (credits left unused) nor
+    # at the one after (credits it cannot pay).
+    async with running() as s:
+        budget = FixedBudget(750)
+        result = await s.scheduler.run(RunRequest("python", "out:x;sleep:100"), budget)
+        assert budget.calls == [500, 750]
+        assert result.termination is Termination.CREDIT_LIMIT
+        assert result.duration_ms == 750
 
 
 async def test_budget_that_allows_everything_changes_nothing(
