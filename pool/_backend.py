@@ -7,6 +7,7 @@ import os
 import signal as signal_mod
 import time
 from collections import OrderedDict
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,28 @@ DESTROY_TIMEOUT_S = 20.0
 OOM_EVENT_GRACE_S = 0.5
 # How long destroy lets a sandbox it hung up on end by itself before the engine kills it.
 EXIT_GRACE_S = 1.0
+# The event watcher's back-off between attempts to (re)open the stream; reset on connect.
+EVENTS_BACKOFF_INITIAL_S = 0.1
+EVENTS_BACKOFF_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class BackendStatistics:
+    """A snapshot of a :class:`DockerBackend` (see :meth:`DockerBackend.statistics`).
+
+    Attributes:
+        events_connected: The engine's event stream is open now. While it is not,
+            ``die``, ``oom`` and ``kill`` go unseen: every sandbox death waits out
+            its grace periods and an outside kill cannot be told from the program's.
+        reconnects: Attempts to reopen the stream after it was lost or failed to open.
+        unremoved: Containers whose removal gave up; retried at each reconnect.
+        last_error: The watcher's latest error (stream or retried removal), or "".
+    """
+
+    events_connected: bool
+    reconnects: int
+    unremoved: int
+    last_error: str
 
 
 @dataclass
@@ -130,39 +153,69 @@ class DockerBackend:
         self._events: OrderedDict[str, set[str]] = OrderedDict()
         self._event_arrived = trio.Event()
         self._watching = False  # the event stream is connected (so 'die' will be seen)
-        # Containers whose removal failed while the engine was away (removed once it is back).
+        # Containers whose removal failed while the engine was away (retried on reconnect).
         self._unremoved: set[str] = set()
+        self._removing_unremoved = False
+        self._reconnects = 0
+        self._last_error = ""
+
+    def statistics(self) -> BackendStatistics:
+        """The event watcher's state, for readiness checks and metrics."""
+        return BackendStatistics(
+            events_connected=self._watching,
+            reconnects=self._reconnects,
+            unremoved=len(self._unremoved),
+            last_error=self._last_error,
+        )
 
     # -- events ---------------------------------------------------------------
 
     async def watch_events(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow the engine's container events for our label, reconnecting as needed."""
-        started = False
-        delay = 0.2
-        while True:
-            try:
-                await self._remove_unremoved()
-                stream = self.client.events(
-                    {"type": ["container"], "label": [f"{OWNER_LABEL}={self.owner}"]}
-                )
-                if not started:
-                    task_status.started()
-                    started = True
-                async for event in stream:
-                    self._watching = True
-                    delay = 0.2
-                    cid = event.get("id") or event.get("Actor", {}).get("ID", "")
-                    action = str(event.get("Action", event.get("status", "")))
-                    self._record(cid, action.split(":")[0])
-            except (EngineUnavailable, PoolError) as exc:
-                log.info("event stream lost: %s", exc)
-            finally:
-                self._watching = False
-            if not started:
-                task_status.started()
-                started = True
-            await trio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        """Follow the engine's container events for our label until cancelled.
+
+        Ready at once, connected or not. Whenever the stream is lost or cannot be
+        opened, tries again after a back-off (``EVENTS_BACKOFF_INITIAL_S`` doubling
+        to ``EVENTS_BACKOFF_MAX_S``, from the start again once connected). Never
+        raises: without this stream every sandbox death stalls and outside kills
+        are billed, so no error, ours or the engine's, may end it.
+        """
+        filters = {"type": ["container"], "label": [f"{OWNER_LABEL}={self.owner}"]}
+        delay = EVENTS_BACKOFF_INITIAL_S
+        async with trio.open_nursery() as nursery:
+
+            def connected() -> None:
+                nonlocal delay
+                self._watching = True
+                delay = EVENTS_BACKOFF_INITIAL_S
+                # In a task of its own: removals (20 s time-outs each) must not hold
+                # up the events, which the runs under way are waiting for.
+                if self._unremoved and not self._removing_unremoved:
+                    self._removing_unremoved = True
+                    nursery.start_soon(self._remove_unremoved)
+
+            task_status.started()
+            while True:
+                try:
+                    async with aclosing(
+                        self.client.events(filters, on_connected=connected)
+                    ) as stream:
+                        async for event in stream:
+                            cid = event.get("id") or event.get("Actor", {}).get("ID", "")
+                            action = str(event.get("Action", event.get("status", "")))
+                            self._record(cid, action.split(":")[0])
+                    self._last_error = "the engine ended the event stream"
+                    log.info("event stream ended by the engine")
+                except PoolError as exc:
+                    self._last_error = f"event stream: {exc}"
+                    log.info("event stream lost: %s", exc)
+                except Exception as exc:
+                    self._last_error = f"event stream: {type(exc).__name__}: {exc}"
+                    log.exception("event stream failed")
+                finally:
+                    self._watching = False
+                await trio.sleep(delay)
+                delay = min(delay * 2, EVENTS_BACKOFF_MAX_S)
+                self._reconnects += 1
 
     def _record(self, cid: str, action: str) -> None:
         if not cid:
@@ -289,17 +342,34 @@ class DockerBackend:
         self._unremoved.add(cid)
 
     async def _remove_unremoved(self) -> None:
-        """One try at each container whose removal gave up; raises while the engine is away."""
-        for cid in list(self._unremoved):
-            try:
-                with trio.fail_after(DESTROY_TIMEOUT_S):
-                    await self.client.remove(cid, force=True, timeout_s=DESTROY_TIMEOUT_S)
-            except NotFound:
-                pass
-            except trio.TooSlowError as exc:
-                raise EngineUnavailable(f"remove {cid[:12]} timed out") from exc
-            self._unremoved.discard(cid)
-            log.info("removed %s after the engine came back", cid[:12])
+        """One try at each container whose removal gave up. Never raises.
+
+        What fails again stays in ``_unremoved`` for the next reconnect; once the
+        engine looks away again, the rest wait too.
+        """
+        try:
+            for cid in list(self._unremoved):
+                try:
+                    with trio.fail_after(DESTROY_TIMEOUT_S):
+                        await self.client.remove(cid, force=True, timeout_s=DESTROY_TIMEOUT_S)
+                except NotFound:
+                    pass
+                except (EngineUnavailable, trio.TooSlowError) as exc:
+                    self._last_error = f"remove {cid[:12]}: {exc or 'timed out'}"
+                    log.info("remove %s failed again, engine away: %s", cid[:12], exc)
+                    return
+                except PoolError as exc:
+                    self._last_error = f"remove {cid[:12]}: {exc}"
+                    log.warning("remove %s failed again, kept for later: %s", cid[:12], exc)
+                    continue
+                except Exception as exc:
+                    self._last_error = f"remove {cid[:12]}: {type(exc).__name__}: {exc}"
+                    log.exception("remove %s failed again, kept for later", cid[:12])
+                    continue
+                self._unremoved.discard(cid)
+                log.info("removed %s after the engine came back", cid[:12])
+        finally:
+            self._removing_unremoved = False
 
     def _reap_orphans(self, cid: str) -> None:
         """Kill any runsc process left behind for ``cid`` (after a failed start)."""
