@@ -7,6 +7,7 @@ import os
 import signal as signal_mod
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,8 @@ class DockerBackend:
         self._removing_unremoved = False
         self._reconnects = 0
         self._last_error = ""
+        # One /proc scan at a time, in a thread: it reads every process's cmdline.
+        self._proc_limiter = trio.CapacityLimiter(1)
 
     def statistics(self) -> BackendStatistics:
         """The event watcher's state, for readiness checks and metrics."""
@@ -291,7 +294,7 @@ class DockerBackend:
                 if stream is not None:
                     await stream.aclose()
                 await self._remove(cid)
-                self._reap_orphans(cid)
+                await self._reap_orphans([cid])
             if isinstance(exc, trio.TooSlowError):
                 raise SandboxStartError(
                     f"sandbox {cid[:12]} not ready in {READY_TIMEOUT_S}s"
@@ -371,22 +374,25 @@ class DockerBackend:
         finally:
             self._removing_unremoved = False
 
-    def _reap_orphans(self, cid: str) -> None:
-        """Kill any runsc process left behind for ``cid`` (after a failed start)."""
-        for pid in _runsc_pids(cid):
-            try:
-                os.kill(pid, signal_mod.SIGKILL)
-                log.warning("killed orphaned runsc process %d of %s", pid, cid[:12])
-            except OSError:
-                pass
+    async def _reap_orphans(self, cids: Collection[str]) -> None:
+        """Kill any runsc process left behind for ``cids`` (failed start, earlier life).
+
+        Never raises. The scan reads all of /proc, so it runs in a thread.
+        """
+        if not cids:
+            return
+        killed = await trio.to_thread.run_sync(
+            _kill_runsc_of, list(cids), limiter=self._proc_limiter
+        )
+        for pid, cid in killed:
+            log.warning("killed orphaned runsc process %d of %s", pid, cid[:12])
 
     async def remove_leftovers(self) -> int:
         containers = await self.client.list_containers([f"{OWNER_LABEL}={self.owner}"])
         async with trio.open_nursery() as nursery:
             for c in containers:
                 nursery.start_soon(self._remove_leftover, c)
-        for c in containers:
-            self._reap_orphans(c["Id"])
+        await self._reap_orphans([c["Id"] for c in containers])
         return len(containers)
 
     async def _remove_leftover(self, c: dict[str, Any]) -> None:
@@ -398,17 +404,76 @@ class DockerBackend:
         await self._remove(c["Id"])
 
 
-def _runsc_pids(cid: str) -> list[int]:
-    pids = []
-    needle = cid.encode()
-    for entry in os.listdir("/proc"):
+def _runsc_ids(cmdline: bytes) -> set[bytes]:
+    """The arguments that can name a container, if ``cmdline`` is a runsc process's.
+
+    ``cmdline`` is as in ``/proc/PID/cmdline`` (NUL-terminated arguments). runsc
+    runs as ``runsc`` and names its own processes ``runsc-sandbox`` and
+    ``runsc-gofer`` (argv[0], maybe a path). A container id appears as a whole
+    argument (``boot ... ID``, ``create ... ID``) or as the last component of a
+    path (``--bundle .../moby/ID`` or ``--bundle=...``): each argument, or the
+    value of a ``--flag=value``, yields its last path component. Not a runsc
+    process: the empty set.
+    """
+    args = cmdline.split(b"\0")
+    if args and not args[-1]:
+        args.pop()
+    if not args:
+        return set()
+    name = os.path.basename(args[0])
+    if name != b"runsc" and not name.startswith(b"runsc-"):
+        return set()
+    ids = set()
+    for arg in args[1:]:
+        if arg.startswith(b"-"):
+            arg = arg.partition(b"=")[2]
+        last = arg.rstrip(b"/").rpartition(b"/")[2]
+        if last:
+            ids.add(last)
+    return ids
+
+
+def _is_runsc_of(cmdline: bytes, cid: str) -> bool:
+    """Whether ``cmdline`` is a runsc process of container ``cid``, matched exactly
+    (never a substring: an id that only starts with ``cid`` is another container)."""
+    return bool(cid) and cid.encode() in _runsc_ids(cmdline)
+
+
+def _runsc_pids(cids: Collection[str], *, proc: str = "/proc") -> list[tuple[int, str]]:
+    """``(pid, container id)`` of each runsc process of one of ``cids``. Blocks."""
+    wanted = {cid.encode(): cid for cid in cids if cid}
+    if not wanted:
+        return []
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
                 cmdline = f.read()
         except OSError:
+            continue  # ended meanwhile, or not ours to read
+        for match in _runsc_ids(cmdline) & wanted.keys():
+            found.append((int(entry), wanted[match]))
+            break
+    return found
+
+
+def _kill_runsc_of(cids: Collection[str]) -> list[tuple[int, str]]:
+    """SIGKILL each runsc process of one of ``cids``; the ones killed. Blocks.
+
+    Kills right after its own scan, in the same thread, to keep the window for
+    a reused pid small.
+    """
+    killed = []
+    for pid, cid in _runsc_pids(cids):
+        try:
+            os.kill(pid, signal_mod.SIGKILL)
+        except OSError:
             continue
-        if b"runsc" in cmdline.split(b"\0", 1)[0] + cmdline[:200] and needle in cmdline:
-            pids.append(int(entry))
-    return pids
+        killed.append((pid, cid))
+    return killed

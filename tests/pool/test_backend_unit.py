@@ -9,7 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import secrets
+import signal
+import sys
 from collections.abc import AsyncGenerator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ import trio
 import trio.testing
 
 from pool import DockerBackend, DockerSandbox, EngineError, EngineUnavailable
+from pool._backend import _is_runsc_of, _runsc_pids
 
 OWNER = "cinch-unit"
 
@@ -185,3 +190,145 @@ async def test_watcher_survives_an_unexpected_error_from_the_stream(
         assert stats.events_connected
         assert "Expecting value" in stats.last_error
         nursery.cancel_scope.cancel()
+
+
+# -- finding runsc processes ----------------------------------------------------------------
+
+CID = "3f9c1e0a7b5d42c8a1e6f0b9d3c7a5e2" + "8b4f6d1c0e9a7b3d5f2c8e6a4b1d9f07"
+OTHER = CID + "42"  # another id that starts with CID (never real for Docker, but a substring)
+ROOT = "/var/run/docker/runtime-runc/moby"
+TASKS = "/run/containerd/io.containerd.runtime.v2.task/moby"
+
+
+def argv(*args: str) -> bytes:
+    """A /proc/PID/cmdline: every argument NUL-terminated."""
+    return b"".join(a.encode() + b"\0" for a in args)
+
+
+def sandbox_cmdline(cid: str) -> bytes:
+    return argv(
+        "runsc-sandbox",
+        f"--root={ROOT}",
+        f"--log={TASKS}/{cid}/log.json",
+        "--log-format=json",
+        "--platform=systrap",
+        "boot",
+        f"--bundle={TASKS}/{cid}",
+        "--controller-fd=3",
+        "--spec-fd=4",
+        "--stdio-fds=7",
+        cid,
+    )
+
+
+def gofer_cmdline(cid: str, *, joined: bool = False) -> bytes:
+    bundle = [f"--bundle={TASKS}/{cid}"] if joined else ["--bundle", f"{TASKS}/{cid}"]
+    return argv(
+        "runsc-gofer",
+        f"--root={ROOT}",
+        f"--log={TASKS}/{cid}/log.json",
+        "gofer",
+        *bundle,
+        "--spec-fd=3",
+        "--io-fds=4",
+    )
+
+
+@pytest.mark.parametrize(
+    "cmdline",
+    [
+        pytest.param(sandbox_cmdline(CID), id="sandbox-boot"),
+        pytest.param(gofer_cmdline(CID), id="gofer-bundle"),
+        pytest.param(gofer_cmdline(CID, joined=True), id="gofer-bundle="),
+        pytest.param(
+            argv(
+                "runsc",
+                "--root",
+                ROOT,
+                "create",
+                "--bundle",
+                f"{TASKS}/{CID}",
+                "--pid-file",
+                f"{TASKS}/{CID}/init.pid",
+                CID,
+            ),
+            id="runsc-create",
+        ),
+        pytest.param(
+            argv("/usr/local/bin/runsc", f"--root={ROOT}", "delete", "--force", CID),
+            id="runsc-by-path",
+        ),
+    ],
+)
+def test_runsc_processes_of_the_container_match(cmdline: bytes) -> None:
+    assert _is_runsc_of(cmdline, CID)
+
+
+@pytest.mark.parametrize(
+    "cmdline",
+    [
+        pytest.param(sandbox_cmdline(OTHER), id="sandbox-of-a-longer-id"),
+        pytest.param(gofer_cmdline(OTHER), id="gofer-of-a-longer-id"),
+        pytest.param(
+            argv("runsc", f"--root={ROOT}", f"--log={TASKS}/{CID}/log.json", "state", OTHER),
+            id="cid-only-inside-a-path",
+        ),
+        pytest.param(
+            argv("containerd-shim-runc-v2", "-namespace", "moby", "-id", CID, "-address", "x"),
+            id="shim",
+        ),
+        pytest.param(argv("tail", "-F", f"/var/log/runsc/{CID}/runsc.log.boot"), id="tail"),
+        pytest.param(argv("bash", "-c", f"runsc --root {ROOT} kill {CID} 9"), id="bash-c"),
+        pytest.param(argv("runscribe", CID), id="name-only-starts-with-runsc"),
+        pytest.param(b"", id="kernel-thread"),
+    ],
+)
+def test_other_processes_do_not_match(cmdline: bytes) -> None:
+    assert not _is_runsc_of(cmdline, CID)
+
+
+def test_a_short_id_does_not_match_the_full_one() -> None:
+    assert not _is_runsc_of(sandbox_cmdline(CID), CID[:12])
+    assert not _is_runsc_of(sandbox_cmdline(CID), "")
+
+
+def test_runsc_pids_scans_a_proc_tree(tmp_path: Path) -> None:
+    for pid, cmdline in [
+        ("101", sandbox_cmdline(CID)),
+        ("102", gofer_cmdline(CID)),
+        ("103", sandbox_cmdline(OTHER)),
+        ("104", argv("tail", "-F", f"/var/log/runsc/{CID}.log")),
+        ("self", sandbox_cmdline(CID)),  # not a pid
+    ]:
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(cmdline)
+    (tmp_path / "105").mkdir()  # ended while we looked: no cmdline to read
+
+    assert sorted(_runsc_pids([CID], proc=str(tmp_path))) == [(101, CID), (102, CID)]
+    assert _runsc_pids([OTHER, "nope"], proc=str(tmp_path)) == [(103, OTHER)]
+    assert _runsc_pids([], proc=str(tmp_path)) == []
+
+
+async def test_reap_orphans_kills_exactly_the_runsc_processes_of_its_container() -> None:
+    # Real processes (Python, asleep) that look like runsc sandboxes of CID and of
+    # OTHER; random ids, so nothing else on the machine can match.
+    cid = secrets.token_hex(32)
+    other = cid + "42"
+    script = "import sys, time; time.sleep(60)"
+    ours, theirs = [
+        await trio.lowlevel.open_process(
+            ["runsc-sandbox", "-c", script, "boot", f"--bundle={TASKS}/{c}", c],
+            executable=sys.executable,
+        )
+        for c in (cid, other)
+    ]
+    try:
+        backend = make_backend(FakeEngineClient())
+        await backend._reap_orphans([cid])
+        with trio.fail_after(10):
+            assert await ours.wait() == -signal.SIGKILL
+        assert theirs.poll() is None
+    finally:
+        for p in (ours, theirs):
+            p.kill()
+            await p.wait()
