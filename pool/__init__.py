@@ -1,5 +1,6 @@
 """Mechanism: pre-started gVisor sandboxes per language, and the Docker engine under them."""
 
+from ._backend import BackendStatistics as BackendStatistics
 from ._backend import DockerBackend as DockerBackend
 from ._backend import DockerSandbox as DockerSandbox
 from ._docker import DockerClient as DockerClient
@@ -35,6 +36,7 @@ __all__ = [
     "LANGUAGES",
     "OWNER_LABEL",
     "Backend",
+    "BackendStatistics",
     "Conflict",
     "DeathInfo",
     "DockerBackend",

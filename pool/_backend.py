@@ -7,6 +7,8 @@ import os
 import signal as signal_mod
 import time
 from collections import OrderedDict
+from collections.abc import Collection
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,28 @@ DESTROY_TIMEOUT_S = 20.0
 OOM_EVENT_GRACE_S = 0.5
 # How long destroy lets a sandbox it hung up on end by itself before the engine kills it.
 EXIT_GRACE_S = 1.0
+# The event watcher's back-off between attempts to (re)open the stream; reset on connect.
+EVENTS_BACKOFF_INITIAL_S = 0.1
+EVENTS_BACKOFF_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class BackendStatistics:
+    """A snapshot of a :class:`DockerBackend` (see :meth:`DockerBackend.statistics`).
+
+    Attributes:
+        events_connected: The engine's event stream is open now. While it is not,
+            ``die``, ``oom`` and ``kill`` go unseen: every sandbox death waits out
+            its grace periods and an outside kill cannot be told from the program's.
+        reconnects: Attempts to reopen the stream after it was lost or failed to open.
+        unremoved: Containers whose removal gave up; retried at each reconnect.
+        last_error: The watcher's latest error (stream or retried removal), or "".
+    """
+
+    events_connected: bool
+    reconnects: int
+    unremoved: int
+    last_error: str
 
 
 @dataclass
@@ -131,39 +155,71 @@ class DockerBackend:
         self._events: OrderedDict[str, set[str]] = OrderedDict()
         self._event_arrived = trio.Event()
         self._watching = False  # the event stream is connected (so 'die' will be seen)
-        # Containers whose removal failed while the engine was away (removed once it is back).
+        # Containers whose removal failed while the engine was away (retried on reconnect).
         self._unremoved: set[str] = set()
+        self._removing_unremoved = False
+        self._reconnects = 0
+        self._last_error = ""
+        # One /proc scan at a time, in a thread: it reads every process's cmdline.
+        self._proc_limiter = trio.CapacityLimiter(1)
+
+    def statistics(self) -> BackendStatistics:
+        """The event watcher's state, for readiness checks and metrics."""
+        return BackendStatistics(
+            events_connected=self._watching,
+            reconnects=self._reconnects,
+            unremoved=len(self._unremoved),
+            last_error=self._last_error,
+        )
 
     # -- events ---------------------------------------------------------------
 
     async def watch_events(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow the engine's container events for our label, reconnecting as needed."""
-        started = False
-        delay = 0.2
-        while True:
-            try:
-                await self._remove_unremoved()
-                stream = self.client.events(
-                    {"type": ["container"], "label": [f"{OWNER_LABEL}={self.owner}"]}
-                )
-                if not started:
-                    task_status.started()
-                    started = True
-                async for event in stream:
-                    self._watching = True
-                    delay = 0.2
-                    cid = event.get("id") or event.get("Actor", {}).get("ID", "")
-                    action = str(event.get("Action", event.get("status", "")))
-                    self._record(cid, action.split(":")[0])
-            except (EngineUnavailable, PoolError) as exc:
-                log.info("event stream lost: %s", exc)
-            finally:
-                self._watching = False
-            if not started:
-                task_status.started()
-                started = True
-            await trio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        """Follow the engine's container events for our label until cancelled.
+
+        Ready at once, connected or not. Whenever the stream is lost or cannot be
+        opened, tries again after a back-off (``EVENTS_BACKOFF_INITIAL_S`` doubling
+        to ``EVENTS_BACKOFF_MAX_S``, from the start again once connected). Never
+        raises: without this stream every sandbox death stalls and outside kills
+        are billed, so no error, ours or the engine's, may end it.
+        """
+        filters = {"type": ["container"], "label": [f"{OWNER_LABEL}={self.owner}"]}
+        delay = EVENTS_BACKOFF_INITIAL_S
+        async with trio.open_nursery() as nursery:
+
+            def connected() -> None:
+                nonlocal delay
+                self._watching = True
+                delay = EVENTS_BACKOFF_INITIAL_S
+                # In a task of its own: removals (20 s time-outs each) must not hold
+                # up the events, which the runs under way are waiting for.
+                if self._unremoved and not self._removing_unremoved:
+                    self._removing_unremoved = True
+                    nursery.start_soon(self._remove_unremoved)
+
+            task_status.started()
+            while True:
+                try:
+                    async with aclosing(
+                        self.client.events(filters, on_connected=connected)
+                    ) as stream:
+                        async for event in stream:
+                            cid = event.get("id") or event.get("Actor", {}).get("ID", "")
+                            action = str(event.get("Action", event.get("status", "")))
+                            self._record(cid, action.split(":")[0])
+                    self._last_error = "the engine ended the event stream"
+                    log.info("event stream ended by the engine")
+                except PoolError as exc:
+                    self._last_error = f"event stream: {exc}"
+                    log.info("event stream lost: %s", exc)
+                except Exception as exc:
+                    self._last_error = f"event stream: {type(exc).__name__}: {exc}"
+                    log.exception("event stream failed")
+                finally:
+                    self._watching = False
+                await trio.sleep(delay)
+                delay = min(delay * 2, EVENTS_BACKOFF_MAX_S)
+                self._reconnects += 1
 
     def _record(self, cid: str, action: str) -> None:
         if not cid:
@@ -239,7 +295,7 @@ class DockerBackend:
                 if stream is not None:
                     await stream.aclose()
                 await self._remove(cid)
-                self._reap_orphans(cid)
+                await self._reap_orphans([cid])
             if isinstance(exc, trio.TooSlowError):
                 raise SandboxStartError(
                     f"sandbox {cid[:12]} not ready in {READY_TIMEOUT_S}s"
@@ -293,34 +349,54 @@ class DockerBackend:
         self._unremoved.add(cid)
 
     async def _remove_unremoved(self) -> None:
-        """One try at each container whose removal gave up; raises while the engine is away."""
-        for cid in list(self._unremoved):
-            try:
-                with trio.fail_after(DESTROY_TIMEOUT_S):
-                    await self.client.remove(cid, force=True, timeout_s=DESTROY_TIMEOUT_S)
-            except NotFound:
-                pass
-            except trio.TooSlowError as exc:
-                raise EngineUnavailable(f"remove {cid[:12]} timed out") from exc
-            self._unremoved.discard(cid)
-            log.info("removed %s after the engine came back", cid[:12])
+        """One try at each container whose removal gave up. Never raises.
 
-    def _reap_orphans(self, cid: str) -> None:
-        """Kill any runsc process left behind for ``cid`` (after a failed start)."""
-        for pid in _runsc_pids(cid):
-            try:
-                os.kill(pid, signal_mod.SIGKILL)
-                log.warning("killed orphaned runsc process %d of %s", pid, cid[:12])
-            except OSError:
-                pass
+        What fails again stays in ``_unremoved`` for the next reconnect; once the
+        engine looks away again, the rest wait too.
+        """
+        try:
+            for cid in list(self._unremoved):
+                try:
+                    with trio.fail_after(DESTROY_TIMEOUT_S):
+                        await self.client.remove(cid, force=True, timeout_s=DESTROY_TIMEOUT_S)
+                except NotFound:
+                    pass
+                except (EngineUnavailable, trio.TooSlowError) as exc:
+                    self._last_error = f"remove {cid[:12]}: {exc or 'timed out'}"
+                    log.info("remove %s failed again, engine away: %s", cid[:12], exc)
+                    return
+                except PoolError as exc:
+                    self._last_error = f"remove {cid[:12]}: {exc}"
+                    log.warning("remove %s failed again, kept for later: %s", cid[:12], exc)
+                    continue
+                except Exception as exc:
+                    self._last_error = f"remove {cid[:12]}: {type(exc).__name__}: {exc}"
+                    log.exception("remove %s failed again, kept for later", cid[:12])
+                    continue
+                self._unremoved.discard(cid)
+                log.info("removed %s after the engine came back", cid[:12])
+        finally:
+            self._removing_unremoved = False
+
+    async def _reap_orphans(self, cids: Collection[str]) -> None:
+        """Kill any runsc process left behind for ``cids`` (failed start, earlier life).
+
+        Never raises. The scan reads all of /proc, so it runs in a thread.
+        """
+        if not cids:
+            return
+        killed = await trio.to_thread.run_sync(
+            _kill_runsc_of, list(cids), limiter=self._proc_limiter
+        )
+        for pid, cid in killed:
+            log.warning("killed orphaned runsc process %d of %s", pid, cid[:12])
 
     async def remove_leftovers(self) -> int:
         containers = await self.client.list_containers([f"{OWNER_LABEL}={self.owner}"])
         async with trio.open_nursery() as nursery:
             for c in containers:
                 nursery.start_soon(self._remove_leftover, c)
-        for c in containers:
-            self._reap_orphans(c["Id"])
+        await self._reap_orphans([c["Id"] for c in containers])
         return len(containers)
 
     async def _remove_leftover(self, c: dict[str, Any]) -> None:
@@ -339,17 +415,76 @@ def _ours(sandbox: Sandbox) -> DockerSandbox:
     return sandbox
 
 
-def _runsc_pids(cid: str) -> list[int]:
-    pids = []
-    needle = cid.encode()
-    for entry in os.listdir("/proc"):
+def _runsc_ids(cmdline: bytes) -> set[bytes]:
+    """The arguments that can name a container, if ``cmdline`` is a runsc process's.
+
+    ``cmdline`` is as in ``/proc/PID/cmdline`` (NUL-terminated arguments). runsc
+    runs as ``runsc`` and names its own processes ``runsc-sandbox`` and
+    ``runsc-gofer`` (argv[0], maybe a path). A container id appears as a whole
+    argument (``boot ... ID``, ``create ... ID``) or as the last component of a
+    path (``--bundle .../moby/ID`` or ``--bundle=...``): each argument, or the
+    value of a ``--flag=value``, yields its last path component. Not a runsc
+    process: the empty set.
+    """
+    args = cmdline.split(b"\0")
+    if args and not args[-1]:
+        args.pop()
+    if not args:
+        return set()
+    name = os.path.basename(args[0])
+    if name != b"runsc" and not name.startswith(b"runsc-"):
+        return set()
+    ids = set()
+    for arg in args[1:]:
+        if arg.startswith(b"-"):
+            arg = arg.partition(b"=")[2]
+        last = arg.rstrip(b"/").rpartition(b"/")[2]
+        if last:
+            ids.add(last)
+    return ids
+
+
+def _is_runsc_of(cmdline: bytes, cid: str) -> bool:
+    """Whether ``cmdline`` is a runsc process of container ``cid``, matched exactly
+    (never a substring: an id that only starts with ``cid`` is another container)."""
+    return bool(cid) and cid.encode() in _runsc_ids(cmdline)
+
+
+def _runsc_pids(cids: Collection[str], *, proc: str = "/proc") -> list[tuple[int, str]]:
+    """``(pid, container id)`` of each runsc process of one of ``cids``. Blocks."""
+    wanted = {cid.encode(): cid for cid in cids if cid}
+    if not wanted:
+        return []
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
                 cmdline = f.read()
         except OSError:
+            continue  # ended meanwhile, or not ours to read
+        for match in _runsc_ids(cmdline) & wanted.keys():
+            found.append((int(entry), wanted[match]))
+            break
+    return found
+
+
+def _kill_runsc_of(cids: Collection[str]) -> list[tuple[int, str]]:
+    """SIGKILL each runsc process of one of ``cids``; the ones killed. Blocks.
+
+    Kills right after its own scan, in the same thread, to keep the window for
+    a reused pid small.
+    """
+    killed = []
+    for pid, cid in _runsc_pids(cids):
+        try:
+            os.kill(pid, signal_mod.SIGKILL)
+        except OSError:
             continue
-        if b"runsc" in cmdline.split(b"\0", 1)[0] + cmdline[:200] and needle in cmdline:
-            pids.append(int(entry))
-    return pids
+        killed.append((pid, cid))
+    return killed

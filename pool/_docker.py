@@ -12,7 +12,7 @@ import json
 import os
 import select
 import struct
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -246,8 +246,17 @@ class DockerClient:
 
     # -- events -----------------------------------------------------------------
 
-    async def events(self, filters: Mapping[str, list[str]]) -> AsyncIterator[dict[str, Any]]:
-        """Stream engine events matching ``filters`` until cancelled or the engine goes."""
+    async def events(
+        self,
+        filters: Mapping[str, list[str]],
+        *,
+        on_connected: Callable[[], object] | None = None,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Stream engine events matching ``filters`` until cancelled or the engine goes.
+
+        ``on_connected`` is called once the engine has accepted the stream: events
+        arrive only when something happens, so the first one can be long in coming.
+        """
         try:
             async with self._http.stream(
                 "GET",
@@ -257,11 +266,15 @@ class DockerClient:
             ) as response:
                 if response.status_code != 200:
                     _raise_for(response.status_code, await response.aread())
+                if on_connected is not None:
+                    on_connected()
                 async for line in response.aiter_lines():
                     if line.strip():
                         yield json.loads(line)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise EngineUnavailable(f"docker event stream: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise EngineUnavailable("docker event stream timed out") from exc
 
     # -- images -------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ class PoolStatistics:
     drained_total: int
     last_start_s: float | None
     start_seconds_sum: float
+    unpause_failures_total: int
 
 
 class LiveSandboxes:
@@ -112,6 +113,7 @@ class WarmPool:
         self._drained = 0
         self._last_start_s: float | None = None
         self._start_seconds_sum = 0.0
+        self._unpause_failures = 0
         self._nursery: trio.Nursery | None = None
         # Each live sandbox holds one token of the global cap, under its own key.
         self._tokens: dict[str, object] = {}
@@ -134,6 +136,7 @@ class WarmPool:
             drained_total=self._drained,
             last_start_s=self._last_start_s,
             start_seconds_sum=self._start_seconds_sum,
+            unpause_failures_total=self._unpause_failures,
         )
 
     @property
@@ -147,7 +150,7 @@ class WarmPool:
             self._defer_until = trio.current_time() + self._refill_delay_s
         # Keep the next head unpaused ahead of the next run.
         if self._ready and self._ready[0].id in self._paused and self._nursery is not None:
-            self._nursery.start_soon(self._ensure_unpaused, self._ready[0])
+            self._nursery.start_soon(self._unpause_ahead, self._ready[0])
         self._kick()
         return sandbox
 
@@ -270,14 +273,39 @@ class WarmPool:
         try:
             await self._backend.unpause(sandbox)
             self._paused.discard(sandbox.id)
-        except PoolError:
+        except Exception:
+            # Whatever the error, the sandbox's state is unknown: it can no longer be
+            # served. Still ready (the unpause ran ahead of any take), it is ours to
+            # destroy; taken, its taker destroys it.
+            self._unpause_failures += 1
             if self._nursery is not None and sandbox in self._ready:
                 self._ready.remove(sandbox)
                 self._nursery_discard(sandbox)
+                self._kick()  # refill replaces it
             raise
         finally:
             del self._unpausing[sandbox.id]
             done.set()
+
+    async def _unpause_ahead(self, sandbox: Sandbox) -> None:
+        """Unpause the next head in the background, before its run asks.
+
+        Runs in the pool's nursery, so it never raises: an error there would stop
+        the pool and the server with it. A failure costs only this sandbox.
+        """
+        try:
+            await self._ensure_unpaused(sandbox)
+        except PoolError as exc:
+            log.warning(
+                "%s pool: unpause of %s failed, destroying it: %s",
+                self.language,
+                sandbox.id[:12],
+                exc,
+            )
+        except Exception:
+            log.exception(
+                "%s pool: unpause of %s failed, destroying it", self.language, sandbox.id[:12]
+            )
 
     def _nursery_discard(self, sandbox: Sandbox) -> None:
         assert self._nursery is not None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._errors import SandboxStartError
+from ._errors import EngineError, SandboxStartError
 from ._protocol import DeathInfo, Event, Exited, Gone, Output
 
 
@@ -111,10 +111,14 @@ class FakeSandbox:
 
 @dataclass
 class FakeBackend:
-    """Sandboxes that start after ``start_delay_s`` and fail while ``fail_starts`` > 0."""
+    """Sandboxes that start after ``start_delay_s`` and fail while ``fail_starts`` > 0.
+
+    Likewise ``unpause`` raises an :class:`EngineError` while ``fail_unpauses`` > 0.
+    """
 
     start_delay_s: float = 0.3
     fail_starts: int = 0
+    fail_unpauses: int = 0
     created: list[FakeSandbox] = field(default_factory=list)
     destroyed: list[str] = field(default_factory=list)
     leftovers: int = 0
@@ -140,6 +144,9 @@ class FakeBackend:
 
     async def unpause(self, sandbox: FakeSandbox) -> None:
         await trio.sleep(0.03)
+        if self.fail_unpauses > 0:
+            self.fail_unpauses -= 1
+            raise EngineError(500, "fake unpause failure")
         sandbox.paused = False
 
     async def destroy(self, sandbox: FakeSandbox) -> None:

@@ -337,7 +337,7 @@ async def test_charge_is_the_exact_duration_but_never_another_runs_hold(store):
 
 
 class _FakeLedger:
-    def __init__(self, grants: list[int | None | Exception]) -> None:
+    def __init__(self, grants: list[int | Exception | None]) -> None:
         self.grants = grants
         self.asked: list[int] = []
 
@@ -484,7 +484,7 @@ async def test_a_lost_commit_acknowledgement_is_charged_once(database_url, tmp_p
                 await nursery.start(scheduler.serve)
                 for p in pools.values():
                     await nursery.start(p.run)
-                account, key_hash, _ = await _account(store, 5000)
+                account, _, _ = await _account(store, 5000)
                 key = await _key_for(store, account)
                 app = create_app(config, scheduler=scheduler, store=store)
                 async with app.test_app() as test_app:
@@ -549,7 +549,6 @@ async def test_a_client_that_hangs_up_leaves_no_request_counted_in_flight(app_en
                     headers={"Authorization": f"Bearer {key}", "Idempotency-Key": "held"},
                 )
         with trio.fail_after(5):
-            while state.in_flight.count:
-                await trio.sleep(0.05)
+            await state.in_flight.wait_idle()
         assert state.metrics.in_flight._value.get() == 0
         shutdown.set()
