@@ -8,7 +8,6 @@ step of a sandbox's life costs.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -17,10 +16,8 @@ from typing import Any
 
 import trio
 
-from pool import DockerBackend, DockerClient, LiveSandboxes, WarmPool, run_pools
+from pool import DockerBackend, DockerClient, WarmPool
 from scheduler import Scheduler, SchedulerConfig
-
-CGROUP_NAME = "cinch-sandboxes"  # the parent cgroup `cinch setup` prepares (low CPU weight)
 
 
 class TimedClient(DockerClient):
@@ -69,21 +66,6 @@ class TimedClient(DockerClient):
         self._done("remove", container_id, t0)
 
 
-async def sandbox_cgroup_parent(client: DockerClient) -> str | None:
-    """The cgroup parent ``cinch serve`` would use, when ``cinch setup`` made it."""
-    info = await client.info()
-    if str(info.get("CgroupDriver", "cgroupfs")) == "systemd":
-        return f"{CGROUP_NAME}.slice"
-    for path in (
-        f"/sys/fs/cgroup/{CGROUP_NAME}",
-        f"/sys/fs/cgroup/cpu/{CGROUP_NAME}",
-        f"/sys/fs/cgroup/cpu,cpuacct/{CGROUP_NAME}",
-    ):
-        if os.path.isdir(path):  # noqa: ASYNC240 (sysfs, instant)
-            return f"/{CGROUP_NAME}"
-    return None
-
-
 @dataclass
 class Wired:
     scheduler: Scheduler
@@ -111,47 +93,34 @@ async def open_scheduler(
     ``pause_idle`` and ``refill_delay_s`` default to what ``cinch serve`` uses (CINCH_*).
     """
     from api._config import Config
+    from api._pools import open_pools
 
-    config = Config.from_env()
-    pause_idle = config.pause_idle if pause_idle is None else pause_idle
-    refill_delay_s = config.refill_delay_s if refill_delay_s is None else refill_delay_s
-    backend = DockerBackend(
-        client, owner=owner, runtimes=dict(runtimes), cgroup_parent=cgroup_parent
-    )
-    live = LiveSandboxes(max_sandboxes)
-    limiter = trio.CapacityLimiter(start_concurrency)
-    pools = {
-        name: WarmPool(
-            backend,
-            language=name,
-            image=images[name],
-            size=size,
-            live=live,
-            start_limiter=limiter,
-            pause_idle=pause_idle,
-            refill_delay_s=refill_delay_s,
-        )
-        for name, size in pool_sizes.items()
+    overrides: dict[str, Any] = {
+        "pool_python": pool_sizes.get("python", 0),
+        "pool_javascript": pool_sizes.get("javascript", 0),
+        "start_concurrency": start_concurrency,
+        "max_sandboxes": max_sandboxes,
     }
-    scheduler = Scheduler(pools, scheduler_config or SchedulerConfig())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(backend.watch_events)
-        await nursery.start(scheduler.serve)
-        pool_scope = trio.CancelScope()
-
-        async def run_all(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            with pool_scope:
-                await run_pools(pools.values(), task_status=task_status)
-
-        await nursery.start(run_all)
+    for name, runtime in runtimes.items():
+        overrides[f"runtime_{name}"] = runtime
+    if pause_idle is not None:
+        overrides["pause_idle"] = pause_idle
+    if refill_delay_s is not None:
+        overrides["refill_delay_s"] = refill_delay_s
+    config = Config.from_env(**overrides)
+    async with open_pools(
+        config,
+        client,
+        owner=owner,
+        cgroup_parent=cgroup_parent,
+        images=images,
+        sched_config=scheduler_config,
+    ) as wired:
         try:
-            yield Wired(scheduler, pools, backend)
+            yield Wired(wired.scheduler, wired.pools, wired.backend)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(60):
-                await scheduler.wait_idle()
-                pool_scope.cancel()  # the pools destroy their warm sandboxes
-                await scheduler.wait_destroyed()
-            nursery.cancel_scope.cancel()
+                await wired.scheduler.wait_idle()
 
 
 async def wait_pools_full(pools: Mapping[str, WarmPool], timeout_s: float = 90.0) -> bool:

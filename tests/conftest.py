@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 REPO = Path(__file__).resolve().parent.parent
 CI = os.environ.get("CI", "").lower() == "true"
@@ -115,32 +114,25 @@ class Sandboxes:
 async def real_scheduler(
     *, pool_size: int = 1, owner: str = TEST_OWNER, **scheduler_kw: Any
 ) -> AsyncIterator[Sandboxes]:
+    """Pools wired exactly as ``cinch serve`` wires them (``open_pools``), per test."""
     from api._config import Config
-    from pool import DockerBackend, DockerClient, LiveSandboxes, WarmPool, socket_path_from_env
-    from pool._images import current_tags
-    from scheduler import Scheduler, SchedulerConfig
+    from api._pools import open_pools, sandbox_cgroup_parent
+    from pool import DockerClient, socket_path_from_env
+    from scheduler import SchedulerConfig
 
-    config = Config.from_env({})
+    config = Config.from_env(
+        {}, pool_python=pool_size, pool_javascript=pool_size, max_sandboxes=24
+    )
     client = DockerClient(socket_path_from_env())
-    backend = DockerBackend(client, owner=owner, runtimes=config.runtimes())
-    tags = current_tags()
-    live = LiveSandboxes(24)
-    limiter = trio.CapacityLimiter(2)
-    pools = {
-        name: WarmPool(
-            backend, language=name, image=tag, size=pool_size, live=live, start_limiter=limiter
-        )
-        for name, tag in tags.items()
-    }
-    sched = Scheduler(pools, SchedulerConfig(**scheduler_kw))
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(backend.watch_events)
-            await nursery.start(sched.serve)
-            for p in pools.values():
-                await nursery.start(p.run)
-            yield Sandboxes(sched, pools, backend, client)
-            nursery.cancel_scope.cancel()
+        async with open_pools(
+            config,
+            client,
+            owner=owner,
+            cgroup_parent=await sandbox_cgroup_parent(client),
+            sched_config=SchedulerConfig(**scheduler_kw),
+        ) as wired:
+            yield Sandboxes(wired.scheduler, wired.pools, wired.backend, client)
     finally:
         await client.aclose()
 

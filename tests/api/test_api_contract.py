@@ -99,13 +99,21 @@ async def test_revoked_key_fails_on_the_very_next_request(app_env):
 
 
 async def test_out_of_credits_is_402_and_nothing_runs(app_env):
-    key, _account = await app_env.new_key(credits=0)
-    started = len(app_env.backend.created)
+    key, account = await app_env.new_key(credits=0)
+    before = app_env.scheduler.statistics()
     r = await app_env.post_run(key, {"code": "out:x"})
     assert r.status_code == 402
     assert "credits" in (await r.get_json())["error"]
-    # Only pool refills, never a run.
-    assert all(not s._steps for s in app_env.backend.created[started:])
+    # No sandbox was taken and no run recorded: the scheduler was never asked.
+    after = app_env.scheduler.statistics()
+    assert sum(after.runs_total.values()) == sum(before.runs_total.values())
+    assert after.warm_hits_total == before.warm_hits_total
+    assert after.queued_runs_total == before.queued_runs_total
+    assert all(not s.stdin and not s.destroyed for s in app_env.backend.created)
+    assert (
+        await app_env.store.fetchval("SELECT count(*) FROM runs WHERE account_id = $1", account)
+        == 0
+    )
 
 
 async def test_credit_limit_stops_a_long_run_and_never_goes_negative(app_env):

@@ -254,3 +254,39 @@ async def test_rejected_requests_do_not_stall_a_keep_alive_connection(cinch_live
                                       headers={"Authorization": "Bearer nope"})
                 assert r.status_code == status
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_unknown_fields_change_nothing_in_a_real_sandbox(cinch_live):
+    # Fields a caller might hope would loosen the sandbox are ignored: still uid
+    # 1000, no network, the default time limit, a read-only root.
+    key = cinch_live.new_key(10_000)
+    code = textwrap.dedent(
+        """
+        import os, socket
+        print(os.getuid())
+        try:
+            socket.create_connection(("127.0.0.1", 80), timeout=1)
+            print("network")
+        except OSError:
+            print("no network")
+        try:
+            open("/etc/owned", "w")
+            print("writable root")
+        except OSError:
+            print("read-only root")
+        """
+    )
+    body = {
+        "code": code,
+        "timeout": 999,
+        "timeoutSeconds": 999,
+        "memory": "8g",
+        "network": "host",
+        "user": "root",
+        "privileged": True,
+    }
+    async with httpx.AsyncClient(base_url=cinch_live.base_url, timeout=30) as client:
+        r = await _run(client, key, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"].split("\n")[:3] == ["1000", "no network", "read-only root"]
+    assert r.json()["exitCode"] == 0

@@ -292,7 +292,9 @@ async def test_finishing_a_run_twice_charges_once_and_returns_the_first_outcome(
     }
     first = await store.ledger.finish_run(outcome=OUTCOME, **kw)
     # The retry after a lost acknowledgement reports another duration: ignored.
-    again = await store.ledger.finish_run(outcome=RunOutcome("python", "exited", 0, 900, 0, True), **kw)
+    again = await store.ledger.finish_run(
+        outcome=RunOutcome("python", "exited", 0, 900, 0, True), **kw
+    )
     assert (first.charged, first.first) == (40, True)
     assert (again.charged, again.first, again.available) == (40, False, 960)
     assert await store.balance(account) == (960, 960)
