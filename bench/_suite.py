@@ -17,12 +17,13 @@ import httpx
 import trio
 
 from api import Config
+from api._pools import sandbox_cgroup_parent
 from pool import DockerClient, socket_path_from_env
 from pool._images import current_tags
 from scheduler import SchedulerConfig
 
 from ._docker_run import DockerRun
-from ._engine import TimedClient, open_scheduler, remove_owned, sandbox_cgroup_parent
+from ._engine import TimedClient, open_scheduler, remove_owned
 from ._engine import wait_pools_full as _wait_pools_full
 from ._http import HttpTarget
 from ._model import Sample, Series
