@@ -165,8 +165,9 @@ async def test_rate_limit_is_429_with_headers(app_env):
 
 
 async def test_no_capacity_is_503_with_retry_after_and_costs_nothing(app_env):
-    key, _account = await app_env.new_key()
-    key2, _ = await app_env.new_key()
+    # Twelve 2-second runs at once (three per key) on a machine that keeps at most
+    # eight sandboxes alive and lets runs queue 0.5 s: some must be turned away.
+    keys = [(await app_env.new_key())[0] for _ in range(4)]
     results = []
 
     async def one(k):
@@ -174,7 +175,7 @@ async def test_no_capacity_is_503_with_retry_after_and_costs_nothing(app_env):
         results.append((r.status_code, r.headers.get("Retry-After")))
 
     async with trio.open_nursery() as nursery:
-        for k in (key, key, key, key2, key2, key2):
+        for k in keys * 3:
             nursery.start_soon(one, k)
     codes = sorted(c for c, _ in results)
     assert 503 in codes
