@@ -366,3 +366,11 @@ def test_doctor_says_whether_the_configured_server_answers(tmp_path, healthz_url
     out = cinch(_doctor_env(tmp_path, CINCH_PORT=port), "doctor")
     assert f"FAIL  server answers: nothing answers at http://127.0.0.1:{port}/healthz" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_readme_documents_every_setting():
+    from api._config import describe
+
+    readme = (REPO / "README.md").read_text()
+    missing = [name for name, _, _ in describe() if f"`{name}" not in readme]
+    assert not missing, f"README.md's configuration table lacks {missing}"
