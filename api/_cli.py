@@ -169,6 +169,9 @@ async def _ensure_local_key(service: Any) -> None:
         f"  curl -s {service.base_url}/run -H {shlex.quote('Authorization: Bearer ' + key)} "
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
     )
+    _say("")
+    _say(f"Dashboard: {service.base_url}/login as {LOCAL_EMAIL}, once it has a password:")
+    _say(f"  cinch password reset {LOCAL_EMAIL}")
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
