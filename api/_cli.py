@@ -231,8 +231,8 @@ def _with_store(config: Config, fn: Any) -> Any:
                 ) from None
             except StoreError as exc:
                 raise CommandError(_hide_password(f"{exc} ({_where(config)})", config)) from exc
-            except OSError as exc:  # the embedded server could not be started here
-                raise CommandError(f"cannot start the embedded database: {exc}") from exc
+            except OSError as exc:  # e.g. the data dir is not ours to read or write
+                raise CommandError(f"cannot open the database: {exc} ({_where(config)})") from exc
             try:
                 return await fn(store)
             except StoreError as exc:
