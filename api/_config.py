@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 
 class ConfigError(ValueError):
@@ -143,3 +145,42 @@ def describe() -> list[tuple[str, str, str]]:
         ("CINCH_" + f.name.upper(), str(f.default), type(f.default).__name__)
         for f in fields(Config)
     ]
+
+
+# Names of settings whose whole value is a secret (a Stripe key, a webhook
+# signing secret, the session secret, and whatever such settings come later).
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|_KEY$")
+HIDDEN = "(set, hidden)"
+
+
+def redact(name: str, value: str) -> str:
+    """``value`` of the variable ``name`` as it may be shown on a screen or in a log.
+
+    Secrets become ``(set, hidden)``; a URL keeps everything but its password
+    (also a ``password=`` query parameter, which libpq accepts too).
+    """
+    if not value:
+        return value
+    if _SECRET_NAME.search(name):
+        return HIDDEN
+    if name.endswith("_URL"):
+        return redact_url(value)
+    return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    if "://" not in url:  # a libpq "key=value" string
+        return re.sub(r"(?i)\bpassword\s*=\s*('[^']*'|\S+)", "password=***", url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can parse: show none of it
+        return HIDDEN
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}"
+    query = re.sub(r"(?i)(^|&)(password)=[^&]*", r"\1\2=***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

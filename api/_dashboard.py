@@ -397,7 +397,7 @@ def docs_examples(base_url: str) -> dict[str, str]:
         ),
         "python": (
             "import os\n\n"
-            "from pangolin import Sandbox  # pip install pangolin-sdk\n\n"
+            "from pangolin import Sandbox  # pip install ./sdk/python (in a Cinch clone)\n\n"
             f'box = Sandbox(api_key=os.environ["CINCH_API_KEY"], base_url="{base_url}")\n'
             'result = box.run("print(2 + 2)")\n'
             'print(result.stdout, end="")  # 4\n'
@@ -419,7 +419,7 @@ def docs_examples(base_url: str) -> dict[str, str]:
             "console.log(result.exitCode); // 0\n"
         ),
         "javascript-sdk": (
-            'import { Sandbox } from "@cinch/sdk"; // npm install @cinch/sdk\n\n'
+            'import { Sandbox } from "@cinch/sdk"; // npm install /path/to/cinch/sdk/js\n\n'
             "const box = new Sandbox({\n"
             "  apiKey: process.env.CINCH_API_KEY,\n"
             f'  baseUrl: "{base_url}",\n'

@@ -1,10 +1,12 @@
-"""``cinch doctor``: every prerequisite, OK / FAIL / SKIP, with the fix."""
+"""``cinch doctor``: every prerequisite and the configured server, OK / FAIL / SKIP, with the fix."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 
+import httpx
 import trio
 import trio_asyncio
 
@@ -15,6 +17,28 @@ from pool._setup import RUNSC_MIN_DATE, RUNTIMES, _runsc_date, find_runsc, read_
 from ._config import Config
 
 Check = Callable[[], Awaitable[tuple[str, str]]]
+
+# A line of the report stays readable in an 100-column terminal.
+DETAIL_MAX = 90
+SERVER_TIMEOUT_S = 3.0
+
+
+def _short(text: str) -> str:
+    """The first line of ``text``, cut to :data:`DETAIL_MAX` characters."""
+    lines = text.strip().splitlines() or [""]
+    line = lines[0] + (" ..." if len(lines) > 1 else "")
+    if len(line) <= DETAIL_MAX:
+        return line
+    head, sep, fix = line.partition("; fix: ")  # the fix is the part worth keeping
+    room = max(DETAIL_MAX - len(sep) - len(fix) - 3, 20)
+    return head[:room] + "..." + sep + fix
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, from the innermost errors of Trio's exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _run_in_sandbox(client: DockerClient, config: Config, language: str, code: str) -> str:
@@ -47,9 +71,9 @@ async def run_doctor(config: Config) -> int:
         try:
             status, detail = await fn()
         except Exception as exc:  # a doctor reports every failure, whatever its type
-            status, detail = "FAIL", f"{type(exc).__name__}: {exc}"
+            status, detail = "FAIL", _describe(exc)
         results.append((status, name, detail))
-        print(f"{status:<5} {name}: {detail}", flush=True)
+        print(f"{status:<5} {name}: {_short(detail)}", flush=True)
         return status == "OK"
 
     async def runsc() -> tuple[str, str]:
@@ -130,6 +154,20 @@ async def run_doctor(config: Config) -> int:
             return "FAIL", f"{len(mismatches)} account(s) whose balance != sum of ledger"
         return "OK", f"PostgreSQL {version}, {where}, ledger balanced"
 
+    async def server() -> tuple[str, str]:
+        url = f"{config.base_url}/healthz"
+        t0 = time.monotonic()
+        try:
+            async with httpx.AsyncClient(timeout=SERVER_TIMEOUT_S) as http:
+                response = await http.get(url)
+        except httpx.TimeoutException:
+            return "FAIL", f"{url} did not answer within {SERVER_TIMEOUT_S:g} s"
+        except httpx.HTTPError:
+            return "FAIL", f"nothing answers at {url}; start it: cinch serve"
+        if response.status_code != 200:
+            return "FAIL", f"{url} answered HTTP {response.status_code}"
+        return "OK", f"{url} answered in {(time.monotonic() - t0) * 1000:.0f} ms"
+
     try:
         await check("runsc", runsc)
         engine_ok = await check("engine reachable", engine)
@@ -149,6 +187,7 @@ async def run_doctor(config: Config) -> int:
             print("SKIP  database: CINCH_DOCTOR_SKIP_DB is set", flush=True)
         else:
             await check("database", database)
+        await check("server answers", server)
     finally:
         await client.aclose()
     failed = [r for r in results if r[0] == "FAIL"]

@@ -211,8 +211,8 @@ def markdown(report: dict[str, Any]) -> str:
         for t in report["targets"]:
             verdict = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
             measured = "-" if t["measured"] is None else f"{t['measured']:g}"
-            rows.append([t["target"], f"#{t['issue']}", f"{t['limit']:g}", measured, verdict])
-        lines += _table(["target", "issue", "limit", "measured", ""], rows, right_from=2)
+            rows.append([t["target"], f"{t['limit']:g}", measured, verdict])
+        lines += _table(["target", "limit", "measured", ""], rows, right_from=1)
         lines.append("")
     series = report["series"]
     if series:

@@ -174,6 +174,7 @@ def test_doctor_checks_everything_for_real(cinch_live):
         **os.environ,
         "CINCH_DATABASE_URL": cinch_live.database_url,
         "CINCH_DATA_DIR": str(cinch_live.data_dir / "doctor"),
+        "CINCH_PUBLIC_URL": cinch_live.base_url,
     }
     out = subprocess.run(
         [sys.executable, "-m", "api", "doctor"],
@@ -193,6 +194,7 @@ def test_doctor_checks_everything_for_real(cinch_live):
         "OK    ls / works inside",
         "OK    node 20 with ES modules",
         "OK    database",
+        f"OK    server answers: {cinch_live.base_url}/healthz",
     ):
         assert line in out.stdout, out.stdout
 

@@ -71,13 +71,21 @@ export function parseResponse(status: number, headers: Headers, text: string): R
       requestId,
     });
   }
+  // Every 200 carries these two; without them the body is not a run result.
+  const exitCode = toInt(data.exitCode);
+  if (exitCode === null || typeof data.termination !== "string") {
+    throw new CinchError("invalid response from server: no exitCode or termination", {
+      status,
+      requestId,
+    });
+  }
   return {
     stdout: typeof data.stdout === "string" ? data.stdout : "",
     stderr: typeof data.stderr === "string" ? data.stderr : "",
-    exitCode: toInt(data.exitCode),
+    exitCode,
     timedOut: data.timedOut === true,
     durationMs: toInt(data.durationMs) ?? 0,
-    termination: typeof data.termination === "string" ? (data.termination as Termination) : null,
+    termination: data.termination as Termination,
     signal: typeof data.signal === "string" ? data.signal : null,
     truncated: data.truncated === true,
     queueMs: toInt(data.queueMs),

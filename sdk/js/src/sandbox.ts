@@ -3,7 +3,11 @@ import { parseResponse, prepareRun, type RunRequest } from "./http.js";
 import { isRetryable, retryDelayMs, sleep } from "./retry.js";
 import type { RunOptions, RunResult, SandboxOptions } from "./types.js";
 
-/** The production API root. */
+/**
+ * The hosted service's API root, used when neither `baseUrl` nor
+ * `CINCH_BASE_URL` is given. Self-hosting? Set one of them, or your key is
+ * sent here.
+ */
 export const DEFAULT_BASE_URL = "https://api.cinch.codes";
 const DEFAULT_TIMEOUT_MS = 30_000;
 const DEFAULT_MAX_RETRIES = 2;
@@ -29,15 +33,16 @@ export class Sandbox {
   readonly #apiKey: string;
 
   /**
-   * @throws {Error} In a browser, unless `allowBrowser` is set.
+   * @throws {Error} In a browser: API keys must stay server-side, and the Cinch
+   *   API sends no CORS headers, so a page could not call it anyway.
    * @throws {TypeError} If no API key is given or found in the environment, or the
    *   base URL is not an http(s) URL.
    */
   constructor(options: SandboxOptions = {}) {
-    if (isBrowser() && !options.allowBrowser) {
+    if (isBrowser()) {
       throw new Error(
-        "Cinch Sandbox refuses to run in a browser: API keys must stay server-side. " +
-          "Call Cinch from your backend, or pass allowBrowser: true if you really mean it.",
+        "Cinch Sandbox does not run in a browser: API keys must stay server-side " +
+          "(and the Cinch API sends no CORS headers). Call Cinch from your backend.",
       );
     }
     const env = readEnv();

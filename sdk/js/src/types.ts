@@ -1,11 +1,9 @@
-/** Languages the server accepts; other strings are passed through unchanged. */
-export type Language =
-  | "python"
-  | "python3"
-  | "javascript"
-  | "js"
-  | "node"
-  | (string & {});
+/**
+ * The language names the server accepts (it also accepts them in any case).
+ * `python`, `python3` and `py` run Python; `javascript`, `js`, `node` and
+ * `nodejs` run Node.js.
+ */
+export type Language = "python" | "python3" | "py" | "javascript" | "js" | "node" | "nodejs";
 
 /** Why a run ended. */
 export type Termination =
@@ -21,17 +19,17 @@ export type Termination =
 export interface SandboxOptions {
   /** A `cinch_live_...` key. Defaults to `process.env.CINCH_API_KEY` where `process` exists. */
   apiKey?: string;
-  /** The API root. Defaults to `process.env.CINCH_BASE_URL`, then `https://api.cinch.codes`. */
+  /**
+   * The API root, e.g. `http://127.0.0.1:8080` for a server of your own.
+   * Defaults to `process.env.CINCH_BASE_URL`, and without it to the hosted
+   * service, `https://api.cinch.codes`: a self-hosted setup that sets neither
+   * sends its key there.
+   */
   baseUrl?: string;
   /** Milliseconds to wait for the server on each attempt. Default 30000. */
   timeoutMs?: number;
   /** Extra attempts after HTTP 429, HTTP 503 or a network failure. Default 2; 0 disables. */
   maxRetries?: number;
-  /**
-   * Allow construction in a web browser. Off by default because an API key
-   * shipped to a browser is public; keep keys server-side.
-   */
-  allowBrowser?: boolean;
 }
 
 /** Options of {@link Sandbox.run}. */
@@ -50,15 +48,20 @@ export interface RunOptions {
   signal?: AbortSignal;
 }
 
-/** The outcome of one run. Fields the server did not send are `null`. */
+/** The outcome of one run. Optional fields the server did not send are `null`. */
 export interface RunResult {
   stdout: string;
   stderr: string;
-  /** The exit status, or `null` if the process never exited. */
-  exitCode: number | null;
+  /**
+   * The program's exit status; 128+n when it died of signal n; 137 when Cinch
+   * stopped it (timeout, output or credit limit, out of memory); -1 for a
+   * sandbox failure of the server's.
+   */
+  exitCode: number;
   timedOut: boolean;
   durationMs: number;
-  termination: Termination | null;
+  /** Why the run ended. */
+  termination: Termination;
   /** Name of the signal that killed the process, if any. */
   signal: string | null;
   /** Whether stdout/stderr were cut at the output limit. */

@@ -113,13 +113,31 @@ export function defineSuite(label, sdk) {
       });
 
       it("defaults missing optional fields to null", async () => {
-        api.script({ body: { stdout: "", stderr: "", exitCode: null, timedOut: true, durationMs: 5 } });
+        api.script({
+          body: { stdout: "", stderr: "", exitCode: 137, timedOut: true, durationMs: 5, termination: "timeout" },
+        });
         const result = await box().run("while True: pass");
-        assert.equal(result.exitCode, null);
+        assert.equal(result.exitCode, 137);
         assert.equal(result.timedOut, true);
-        assert.equal(result.termination, null);
+        assert.equal(result.termination, "timeout");
+        assert.equal(result.signal, null);
+        assert.equal(result.queueMs, null);
+        assert.equal(result.creditsCharged, null);
         assert.equal(result.creditsRemaining, null);
         assert.equal(result.requestId, null);
+      });
+
+      it("rejects a 200 without exitCode or termination", async () => {
+        for (const missing of ["exitCode", "termination"]) {
+          const body = successBody();
+          delete body[missing];
+          api.script({ body });
+          await assert.rejects(box().run("print(1)"), (err) => {
+            assert.ok(err instanceof CinchError);
+            assert.match(err.message, /invalid response/);
+            return true;
+          });
+        }
       });
 
       it("rejects a malformed success body", async () => {
@@ -300,12 +318,13 @@ export function defineSuite(label, sdk) {
         assert.ok(!JSON.stringify(new Sandbox({ apiKey: KEY })).includes(KEY));
       });
 
-      it("refuses to run in a browser unless allowed", () => {
+      it("refuses to run in a browser, whatever the options", () => {
         globalThis.window = {};
         globalThis.document = {};
         try {
           assert.throws(() => new Sandbox({ apiKey: KEY }), /API keys must stay server-side/);
-          assert.ok(new Sandbox({ apiKey: KEY, allowBrowser: true }));
+          // allowBrowser was removed: the server sends no CORS headers.
+          assert.throws(() => new Sandbox({ apiKey: KEY, allowBrowser: true }), /server-side/);
         } finally {
           delete globalThis.window;
           delete globalThis.document;

@@ -6,8 +6,9 @@ import os
 
 from ._http import RunRequest, prepare_run
 
-#: The production API root, used when neither ``base_url`` nor
-#: ``CINCH_BASE_URL`` is given.
+#: The hosted service's API root, used when neither ``base_url`` nor
+#: ``CINCH_BASE_URL`` is given. A self-hosted setup must set one of them, or
+#: its key is sent here.
 DEFAULT_BASE_URL = "https://api.cinch.codes"
 #: Environment variable read when ``api_key`` is not passed.
 API_KEY_ENV = "CINCH_API_KEY"

@@ -30,8 +30,9 @@ class AsyncSandbox(SandboxBase):
 
     Args:
         api_key: A ``cinch_live_...`` key; defaults to ``$CINCH_API_KEY``.
-        base_url: The API root; defaults to ``$CINCH_BASE_URL`` or the
-            production URL.
+        base_url: The API root, e.g. ``http://127.0.0.1:8080`` for a server of
+            your own; defaults to ``$CINCH_BASE_URL``, and without it to the
+            hosted service, ``https://api.cinch.codes`` (which then gets the key).
         timeout: Seconds to wait for the server on each attempt.
         max_retries: Extra attempts after HTTP 429, HTTP 503 or a connection
             failure (0 disables retries).

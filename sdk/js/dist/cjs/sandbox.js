@@ -1,0 +1,157 @@
+"use strict";
+Object.defineProperty(exports, "__esModule", { value: true });
+exports.Sandbox = exports.DEFAULT_BASE_URL = void 0;
+const errors_js_1 = require("./errors.js");
+const http_js_1 = require("./http.js");
+const retry_js_1 = require("./retry.js");
+/**
+ * The hosted service's API root, used when neither `baseUrl` nor
+ * `CINCH_BASE_URL` is given. Self-hosting? Set one of them, or your key is
+ * sent here.
+ */
+exports.DEFAULT_BASE_URL = "https://api.cinch.codes";
+const DEFAULT_TIMEOUT_MS = 30_000;
+const DEFAULT_MAX_RETRIES = 2;
+/**
+ * Runs code in Cinch sandboxes over HTTP, with `fetch`.
+ *
+ * ```ts
+ * const box = new Sandbox(); // key from CINCH_API_KEY
+ * const result = await box.run("print(2 + 2)");
+ * result.stdout; // "4\n"
+ * ```
+ */
+class Sandbox {
+    baseUrl;
+    timeoutMs;
+    maxRetries;
+    #apiKey;
+    /**
+     * @throws {Error} In a browser: API keys must stay server-side, and the Cinch
+     *   API sends no CORS headers, so a page could not call it anyway.
+     * @throws {TypeError} If no API key is given or found in the environment, or the
+     *   base URL is not an http(s) URL.
+     */
+    constructor(options = {}) {
+        if (isBrowser()) {
+            throw new Error("Cinch Sandbox does not run in a browser: API keys must stay server-side " +
+                "(and the Cinch API sends no CORS headers). Call Cinch from your backend.");
+        }
+        const env = readEnv();
+        const apiKey = options.apiKey || env.CINCH_API_KEY;
+        if (!apiKey) {
+            throw new TypeError("apiKey is required (pass it or set CINCH_API_KEY)");
+        }
+        const maxRetries = options.maxRetries ?? DEFAULT_MAX_RETRIES;
+        if (!Number.isInteger(maxRetries) || maxRetries < 0) {
+            throw new TypeError("maxRetries must be a non-negative integer");
+        }
+        const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+        if (!(timeoutMs > 0))
+            throw new TypeError("timeoutMs must be a positive number");
+        const baseUrl = (options.baseUrl || env.CINCH_BASE_URL || exports.DEFAULT_BASE_URL).replace(/\/+$/, "");
+        if (!isHttpUrl(baseUrl)) {
+            throw new TypeError(`baseUrl must be an http(s) URL, got ${JSON.stringify(baseUrl)}`);
+        }
+        this.#apiKey = apiKey;
+        this.baseUrl = baseUrl;
+        this.timeoutMs = timeoutMs;
+        this.maxRetries = maxRetries;
+    }
+    /**
+     * Runs `code` in a fresh sandbox and resolves with its output.
+     *
+     * A program that fails (non-zero exit, timeout, killed) still resolves;
+     * only a failed request rejects, with a {@link CinchError} subclass.
+     * HTTP 429, HTTP 503 and network failures are retried up to `maxRetries`
+     * times with the same Idempotency-Key.
+     */
+    async run(code, options = {}) {
+        const request = (0, http_js_1.prepareRun)({
+            baseUrl: this.baseUrl,
+            apiKey: this.#apiKey,
+            code,
+            language: options.language ?? "python",
+            stdin: options.stdin,
+            idempotencyKey: options.idempotencyKey,
+        });
+        for (let attempt = 0;; attempt++) {
+            try {
+                return await this.#attempt(request, options.signal);
+            }
+            catch (error) {
+                if (attempt >= this.maxRetries || !(0, retry_js_1.isRetryable)(error))
+                    throw error;
+                await (0, retry_js_1.sleep)((0, retry_js_1.retryDelayMs)(attempt, error), options.signal);
+            }
+        }
+    }
+    /** The public settings; the API key is a private field and never serialised. */
+    toJSON() {
+        return { baseUrl: this.baseUrl, timeoutMs: this.timeoutMs, maxRetries: this.maxRetries };
+    }
+    async #attempt(request, signal) {
+        signal?.throwIfAborted();
+        const controller = new AbortController();
+        let timedOut = false;
+        const timer = setTimeout(() => {
+            timedOut = true;
+            controller.abort();
+        }, this.timeoutMs);
+        const onAbort = () => controller.abort(signal?.reason);
+        signal?.addEventListener("abort", onAbort, { once: true });
+        try {
+            const response = await fetch(request.url, {
+                method: "POST",
+                headers: request.headers,
+                body: request.body,
+                signal: controller.signal,
+            });
+            const text = await response.text();
+            return (0, http_js_1.parseResponse)(response.status, response.headers, text);
+        }
+        catch (error) {
+            if (error instanceof errors_js_1.CinchError)
+                throw error; // an HTTP error status, already mapped
+            if (timedOut) {
+                throw new errors_js_1.RequestTimeoutError(`request timed out after ${this.timeoutMs} ms`, {
+                    cause: error,
+                });
+            }
+            if (signal?.aborted)
+                throw signal.reason;
+            if (error instanceof TypeError) {
+                throw new errors_js_1.NetworkError(`network error: ${describe(error)}`, { cause: error });
+            }
+            throw error;
+        }
+        finally {
+            clearTimeout(timer);
+            signal?.removeEventListener("abort", onAbort);
+        }
+    }
+}
+exports.Sandbox = Sandbox;
+function isBrowser() {
+    return typeof window !== "undefined" && typeof document !== "undefined";
+}
+function isHttpUrl(value) {
+    try {
+        const { protocol, host } = new URL(value);
+        return (protocol === "http:" || protocol === "https:") && host !== "";
+    }
+    catch {
+        return false;
+    }
+}
+function readEnv() {
+    const proc = globalThis.process;
+    return proc?.env ?? {};
+}
+/** The most specific message of a fetch failure (Node puts it in `cause`). */
+function describe(error) {
+    const cause = error.cause;
+    if (cause instanceof Error && cause.message)
+        return cause.message;
+    return error.message;
+}

@@ -1,0 +1,113 @@
+/**
+ * Transport-independent pieces of a `POST /run` exchange.
+ * @internal
+ * @module
+ */
+import { CinchError, errorForStatus } from "./errors.js";
+import { parseRetryAfter } from "./retry.js";
+import { VERSION } from "./version.js";
+/** Validates the arguments of a run and builds its request. */
+export function prepareRun(input) {
+    const { baseUrl, apiKey, code, language, stdin } = input;
+    if (typeof code !== "string" || code.length === 0) {
+        throw new TypeError("code must be a non-empty string");
+    }
+    if (typeof language !== "string")
+        throw new TypeError("language must be a string");
+    if (stdin !== undefined && typeof stdin !== "string") {
+        throw new TypeError("stdin must be a string");
+    }
+    const idempotencyKey = input.idempotencyKey ?? randomUUID();
+    if (typeof idempotencyKey !== "string" || idempotencyKey.length === 0) {
+        throw new TypeError("idempotencyKey must be a non-empty string");
+    }
+    const body = { code, language };
+    if (stdin !== undefined)
+        body.stdin = stdin;
+    return {
+        url: `${baseUrl}/run`,
+        headers: {
+            Authorization: `Bearer ${apiKey}`,
+            "Content-Type": "application/json",
+            Accept: "application/json",
+            "User-Agent": `cinch-sdk-js/${VERSION}`,
+            "Idempotency-Key": idempotencyKey,
+        },
+        body: JSON.stringify(body),
+    };
+}
+/** Turns a `/run` response into a result, or throws the matching error. */
+export function parseResponse(status, headers, text) {
+    const requestId = headers.get("x-request-id");
+    const data = parseJson(text);
+    if (status < 200 || status >= 300) {
+        const message = isObject(data) && typeof data.error === "string" ? data.error : `HTTP ${status}`;
+        throw errorForStatus(status, message, {
+            requestId,
+            retryAfter: parseRetryAfter(headers.get("retry-after")),
+        });
+    }
+    if (!isObject(data)) {
+        throw new CinchError("invalid response from server: expected a JSON object", {
+            status,
+            requestId,
+        });
+    }
+    // Every 200 carries these two; without them the body is not a run result.
+    const exitCode = toInt(data.exitCode);
+    if (exitCode === null || typeof data.termination !== "string") {
+        throw new CinchError("invalid response from server: no exitCode or termination", {
+            status,
+            requestId,
+        });
+    }
+    return {
+        stdout: typeof data.stdout === "string" ? data.stdout : "",
+        stderr: typeof data.stderr === "string" ? data.stderr : "",
+        exitCode,
+        timedOut: data.timedOut === true,
+        durationMs: toInt(data.durationMs) ?? 0,
+        termination: data.termination,
+        signal: typeof data.signal === "string" ? data.signal : null,
+        truncated: data.truncated === true,
+        queueMs: toInt(data.queueMs),
+        creditsCharged: toInt(data.creditsCharged),
+        creditsRemaining: toInt(headers.get("x-credits-remaining")),
+        requestId,
+    };
+}
+/** A random UUID v4, from Web Crypto where available. */
+export function randomUUID() {
+    const webCrypto = globalThis.crypto;
+    if (typeof webCrypto?.randomUUID === "function")
+        return webCrypto.randomUUID();
+    const bytes = new Uint8Array(16);
+    if (typeof webCrypto?.getRandomValues === "function") {
+        webCrypto.getRandomValues(bytes);
+    }
+    else {
+        for (let i = 0; i < bytes.length; i++)
+            bytes[i] = Math.floor(Math.random() * 256);
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+function parseJson(text) {
+    try {
+        return JSON.parse(text);
+    }
+    catch {
+        return undefined;
+    }
+}
+function isObject(value) {
+    return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+function toInt(value) {
+    if (value === null || value === undefined || typeof value === "boolean")
+        return null;
+    const n = typeof value === "number" ? value : Number(value);
+    return Number.isFinite(n) ? Math.trunc(n) : null;
+}

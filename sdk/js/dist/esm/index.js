@@ -1,0 +1,8 @@
+/**
+ * The official JavaScript/TypeScript SDK for Cinch: run untrusted code in
+ * disposable sandboxes with one call.
+ * @module
+ */
+export { DEFAULT_BASE_URL, Sandbox } from "./sandbox.js";
+export { AuthenticationError, BadRequestError, CinchError, ConflictError, InsufficientCreditsError, NetworkError, RateLimitError, RequestTimeoutError, ServiceUnavailableError, } from "./errors.js";
+export { VERSION } from "./version.js";
