@@ -26,17 +26,22 @@ class Config:
     database_url: str = ""
     log_level: str = "INFO"
     # sandboxes and pools
+    # Warm targets follow demand between the minimum (CINCH_POOL_*) and the
+    # maximum (CINCH_POOL_MAX_*, also bounded by memory and CINCH_MAX_SANDBOXES).
     pool_python: int = 2
     pool_javascript: int = 2
+    pool_max_python: int = 8
+    pool_max_javascript: int = 8
     max_sandboxes: int = 24
-    start_concurrency: int = 2
+    start_concurrency: int = 0  # 0: one per CPU core
+    cpu_weights: bool = True
     pause_idle: bool = False
     sandbox_max_age_s: float = 600.0
     refill_delay_s: float = 0.5
     runtime_python: str = "runsc-ptrace"
     runtime_javascript: str = "runsc-ptrace"
-    queue_timeout_s: float = 3.0
-    queue_max: int = 64
+    queue_timeout_s: float = 20.0
+    queue_max: int = 256
     run_timeout_s: float = 10.0
     output_limit_bytes: int = 1024 * 1024
     # the API
@@ -101,7 +106,11 @@ class Config:
 
         check(self.pool_python >= 0 and self.pool_javascript >= 0, "CINCH_POOL_* must be >= 0")
         check(self.max_sandboxes >= 1, "CINCH_MAX_SANDBOXES must be >= 1")
-        check(self.start_concurrency >= 1, "CINCH_START_CONCURRENCY must be >= 1")
+        check(self.start_concurrency >= 0, "CINCH_START_CONCURRENCY must be >= 0")
+        check(
+            self.pool_max_python >= 0 and self.pool_max_javascript >= 0,
+            "CINCH_POOL_MAX_* must be >= 0",
+        )
         check(0 < self.run_timeout_s <= 300, "CINCH_RUN_TIMEOUT_S must be in (0, 300]")
         check(self.queue_timeout_s >= 0, "CINCH_QUEUE_TIMEOUT_S must be >= 0")
         check(self.queue_max >= 0, "CINCH_QUEUE_MAX must be >= 0")
@@ -135,8 +144,41 @@ class Config:
     def pool_sizes(self) -> dict[str, int]:
         return {"python": self.pool_python, "javascript": self.pool_javascript}
 
+    def pool_max_sizes(self) -> dict[str, int]:
+        """Each pool's maximum: at least its minimum; at most the global cap and what
+        this host's memory holds (three quarters of RAM over the sandbox limit)."""
+        bound = min(self.max_sandboxes, memory_bound())
+        return {
+            name: max(low, min(high, bound))
+            for (name, low), high in zip(
+                self.pool_sizes().items(),
+                (self.pool_max_python, self.pool_max_javascript),
+                strict=True,
+            )
+        }
+
+    def start_slots(self) -> int:
+        """Sandbox starts at once: CINCH_START_CONCURRENCY, or one per core if 0."""
+        return self.start_concurrency or max(1, len(os.sched_getaffinity(0)))
+
     def runtimes(self) -> dict[str, str]:
         return {"python": self.runtime_python, "javascript": self.runtime_javascript}
+
+
+SANDBOX_MEMORY_BYTES = 256 * 1024 * 1024
+
+
+def memory_bound(meminfo: str = "/proc/meminfo") -> int:
+    """How many sandboxes three quarters of this host's RAM holds at their limit."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) * 1024
+                    return max(1, total * 3 // 4 // SANDBOX_MEMORY_BYTES)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1_000_000  # unknown: the global cap decides
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -34,7 +34,40 @@ class _PoolCollector(Collector):
             "cinch_pool_starting", "Sandboxes being started", labels=["language"]
         )
         size = GaugeMetricFamily(
-            "cinch_pool_target_size", "Configured pool size", labels=["language"]
+            "cinch_pool_target_size",
+            "Warm sandboxes the pool aims to hold now (follows demand)",
+            labels=["language"],
+        )
+        min_size = GaugeMetricFamily(
+            "cinch_pool_min_size", "The configured minimum warm target", labels=["language"]
+        )
+        max_size = GaugeMetricFamily(
+            "cinch_pool_max_size",
+            "The maximum warm target (configured, bounded by memory and the global cap)",
+            labels=["language"],
+        )
+        arrival = GaugeMetricFamily(
+            "cinch_pool_arrival_rate",
+            "Runs arriving per second (smoothed over 5 s)",
+            labels=["language"],
+        )
+        start_estimate = GaugeMetricFamily(
+            "cinch_pool_start_estimate_seconds",
+            "Smoothed time one sandbox start takes",
+            labels=["language"],
+        )
+        shrunk = CounterMetricFamily(
+            "cinch_pool_shrunk",
+            "Warm sandboxes destroyed as surplus above the target",
+            labels=["language"],
+        )
+        queued_lang = GaugeMetricFamily(
+            "cinch_pool_queued", "Runs waiting for a sandbox of this language", labels=["language"]
+        )
+        predicted = GaugeMetricFamily(
+            "cinch_pool_predicted_wait_seconds",
+            "Predicted wait of a new run arriving now",
+            labels=["language"],
         )
         breaker = GaugeMetricFamily(
             "cinch_pool_breaker_open",
@@ -52,8 +85,16 @@ class _PoolCollector(Collector):
             "Total time spent starting sandboxes",
             labels=["language"],
         )
+        stats = self._scheduler.statistics()
         for language in self._scheduler.languages:
             s = self._scheduler.pool(language).statistics()
+            min_size.add_metric([language], s.min_size)
+            max_size.add_metric([language], s.max_size)
+            arrival.add_metric([language], s.arrival_rate)
+            start_estimate.add_metric([language], s.start_estimate_s)
+            shrunk.add_metric([language], s.shrunk_total)
+            queued_lang.add_metric([language], stats.queued_by_language.get(language, 0))
+            predicted.add_metric([language], stats.predicted_wait_s.get(language, 0.0))
             ready.add_metric([language], s.ready)
             paused.add_metric([language], s.paused)
             starting.add_metric([language], s.starting)
@@ -62,7 +103,6 @@ class _PoolCollector(Collector):
             starts.add_metric([language], s.started_total)
             failures.add_metric([language], s.start_failures_total)
             start_seconds.add_metric([language], s.start_seconds_sum)
-        stats = self._scheduler.statistics()
         in_flight = GaugeMetricFamily("cinch_runs_in_flight", "Runs executing now")
         in_flight.add_metric([], stats.in_flight)
         queued = GaugeMetricFamily("cinch_runs_queued", "Runs waiting for a sandbox")
@@ -81,6 +121,7 @@ class _PoolCollector(Collector):
         )
         waited.add_metric([], stats.queued_runs_total)
         yield from (ready, paused, starting, size, breaker, starts, failures, start_seconds)
+        yield from (min_size, max_size, arrival, start_estimate, shrunk, queued_lang, predicted)
         yield from (in_flight, queued, rejected, warm_hits, waited)
 
 

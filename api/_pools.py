@@ -79,16 +79,22 @@ async def open_pools(
     """
     tags = dict(images) if images is not None else current_tags()
     backend = DockerBackend(
-        client, owner=owner, runtimes=config.runtimes(), cgroup_parent=cgroup_parent
+        client,
+        owner=owner,
+        runtimes=config.runtimes(),
+        cgroup_parent=cgroup_parent,
+        cpu_weights=config.cpu_weights,
     )
     live = LiveSandboxes(config.max_sandboxes)
-    start_limiter = trio.CapacityLimiter(config.start_concurrency)
+    start_limiter = trio.CapacityLimiter(config.start_slots())
+    max_sizes = config.pool_max_sizes()
     pools = {
         name: WarmPool(
             backend,
             language=name,
             image=tags[name],
             size=size,
+            max_size=max_sizes[name],
             live=live,
             start_limiter=start_limiter,
             pause_idle=config.pause_idle,

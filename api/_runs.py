@@ -300,6 +300,11 @@ async def _run(
     run_id: str = g.request_id
     timing = ServerTiming(getattr(g, "t0", None))
     timing.mark("parse")
+    if not state.scheduler.accepting:
+        # Draining for a restart: say so before touching the database.
+        raise ApiError(
+            503, "Cinch is restarting; retry in a moment", headers={"Retry-After": "2"}
+        )
     start = await _begin(state, slot._key_hash, run_id, idem)
     timing.mark("auth")
     if start.status is Begin.INVALID_KEY:
@@ -341,6 +346,7 @@ async def _run(
             timeout_s=config.run_timeout_s,
             output_limit_bytes=config.output_limit_bytes,
             request_id=run_id,
+            tenant=str(account_id),
         )
         budget = HoldBudget(ledger, start.hold_id, start.hold_amount)
         # A client that hangs up does not stop the run or its bill: the run is

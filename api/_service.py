@@ -177,13 +177,19 @@ async def _serve_with_pools(
             checks["engine"] = {"ok": True}
         except (PoolError, trio.TooSlowError) as exc:
             checks["engine"] = {"ok": False, "error": str(exc) or "timeout"}
+        checks["scheduler"] = {"ok": scheduler.accepting, "accepting": scheduler.accepting}
+        sched = scheduler.statistics()
         for name in scheduler.languages:
             s = scheduler.pool(name).statistics()
+            # Ready means a warm sandbox now: one still starting serves nobody yet.
             checks[f"pool:{name}"] = {
-                "ok": not s.breaker_open and (s.size == 0 or s.ready + s.starting > 0),
+                "ok": not s.breaker_open and (s.min_size == 0 or s.ready > 0),
                 "size": s.size,
+                "minSize": s.min_size,
+                "maxSize": s.max_size,
                 "ready": s.ready,
                 "starting": s.starting,
+                "queued": sched.queued_by_language.get(name, 0),
                 "breakerOpen": s.breaker_open,
             }
         return checks
@@ -203,12 +209,15 @@ async def _serve_with_pools(
     hc.graceful_timeout = config.shutdown_grace_s + 3
     hc.keep_alive_timeout = 75
     shutdown = trio.Event()
+    # Hypercorn stops listening only after the drain: until then a new request is
+    # answered 503 with Retry-After, not refused at the socket.
+    stop_listening = trio.Event()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_housekeeping, store)
         bound = await nursery.start(
             lambda task_status: hypercorn_serve(
-                app, hc, shutdown_trigger=shutdown.wait, task_status=task_status
+                app, hc, shutdown_trigger=stop_listening.wait, task_status=task_status
             )
         )
         base_url = _base_url(config, bound)
@@ -230,6 +239,7 @@ async def _serve_with_pools(
         with trio.move_on_after(5):
             await app_state(app).in_flight.wait_idle()
             await trio.sleep(0.2)  # the last bytes of the last answer
+        stop_listening.set()
         with trio.move_on_after(2):
             try:
                 await store.ledger.stop_instance()

@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from ._cgroups import CpuWeights
 from ._docker import AttachStream, DockerClient
 from ._errors import EngineUnavailable, NotFound, PoolError, ProtocolError, SandboxStartError
 from ._protocol import (
@@ -145,12 +146,17 @@ class DockerBackend:
         runtimes: dict[str, str],
         limits: SandboxLimits | None = None,
         cgroup_parent: str | None = None,
+        cpu_weights: bool = True,
     ) -> None:
         self.client = client
         self.owner = owner
         self.runtimes = runtimes
         self.limits = limits or SandboxLimits()
         self.cgroup_parent = cgroup_parent
+        # Starting sandboxes at the lowest CPU weight, running ones at the highest.
+        self.weights = CpuWeights(
+            cgroup_parent, nano_cpus=self.limits.nano_cpus, enabled=cpu_weights
+        )
         # container id -> actions seen in the event stream (bounded)
         self._events: OrderedDict[str, set[str]] = OrderedDict()
         self._event_arrived = trio.Event()
@@ -282,6 +288,7 @@ class DockerBackend:
         # container would exist with no id to remove it by.
         with trio.CancelScope(shield=True):
             cid = await self.client.create_container(config)
+            self.weights.prepare(cid)
         stream: AttachStream | None = None
         try:
             stream = await self.client.attach(cid)
@@ -296,11 +303,15 @@ class DockerBackend:
                     await stream.aclose()
                 await self._remove(cid)
                 await self._reap_orphans([cid])
+                await self.weights.forget(cid)
             if isinstance(exc, trio.TooSlowError):
                 raise SandboxStartError(
                     f"sandbox {cid[:12]} not ready in {READY_TIMEOUT_S}s"
                 ) from exc
             raise
+
+    def set_running(self, sandbox: Sandbox) -> None:
+        self.weights.set_running(_ours(sandbox).id)
 
     async def pause(self, sandbox: Sandbox) -> None:
         sandbox = _ours(sandbox)
@@ -331,6 +342,7 @@ class DockerBackend:
                 await self._wait_event(sandbox.id, "die", EXIT_GRACE_S)
             await self._remove(sandbox.id)
             self._events.pop(sandbox.id, None)
+            await self.weights.forget(sandbox.id)
 
     async def _remove(self, cid: str) -> None:
         """Kill and remove with a time-out and retries. Never raises."""
@@ -406,6 +418,7 @@ class DockerBackend:
             except PoolError:
                 pass
         await self._remove(c["Id"])
+        await self.weights.forget(c["Id"], known=False)
 
 
 def _ours(sandbox: Sandbox) -> DockerSandbox:

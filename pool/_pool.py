@@ -1,7 +1,10 @@
 """Warm pools: pre-started sandboxes per language, the head kept ready.
 
-A :class:`WarmPool` keeps ``size`` sandboxes of one language started, attached
-and ready.  The oldest (the head) stays unpaused, so taking it costs nothing;
+A :class:`WarmPool` keeps a target number of sandboxes of one language started,
+attached and ready. The target follows demand (Little's law: the arrival rate
+times the start time, with headroom) between ``size`` (the minimum) and
+``max_size``, and decays back to the minimum when arrivals stop; a surplus above
+the target is destroyed within seconds.  The oldest (the head) stays unpaused, so taking it costs nothing;
 the others are paused when ``pause_idle`` is set.  Taking a sandbox unpauses the
 next one and starts a replacement at once.  Starts are limited across pools by a
 shared :class:`trio.CapacityLimiter`, back off after failures, and stop for a
@@ -25,13 +28,20 @@ from ._protocol import Backend, Sandbox
 
 log = logging.getLogger("cinch.pool")
 
+# Demand-following targets (see _Demand).
+RATE_TAU_S = 5.0  # time constant of the arrival-rate estimate
+DEMAND_HEADROOM = 1.5
+DEFAULT_START_ESTIMATE_S = 0.6  # until the first start is measured
+START_ALPHA = 0.2
+SHRINK_AFTER_S = 2.0  # a surplus above the target lasting this long is destroyed
+
 
 @dataclass(frozen=True)
 class PoolStatistics:
     """A snapshot of one pool (see :meth:`WarmPool.statistics`)."""
 
     language: str
-    size: int
+    size: int  # the current target
     ready: int
     paused: int
     starting: int
@@ -45,6 +55,12 @@ class PoolStatistics:
     last_start_s: float | None
     start_seconds_sum: float
     unpause_failures_total: int
+    min_size: int = 0
+    max_size: int = 0
+    arrival_rate: float = 0.0
+    start_estimate_s: float = 0.0
+    shrunk_total: int = 0
+    queued: int = 0
 
 
 class LiveSandboxes:
@@ -80,11 +96,19 @@ class WarmPool:
         backoff_max_s: float = 30.0,
         breaker_threshold: int = 5,
         refill_delay_s: float = 0.0,
+        max_size: int | None = None,
+        shrink_after_s: float = SHRINK_AFTER_S,
     ) -> None:
         self._backend = backend
         self.language = language
         self.image = image
-        self.size = size
+        self.min_size = size
+        self.max_size = max(size, size if max_size is None else max_size)
+        self._demand = _Demand()
+        self._shrink_after_s = shrink_after_s
+        self._surplus_since: float | None = None
+        self._shrunk = 0
+        self._queued = 0  # runs waiting in the scheduler's queue for this language
         self._live = live
         self._start_limiter = start_limiter
         self._pause_idle = pause_idle
@@ -120,6 +144,27 @@ class WarmPool:
 
     # -- public -----------------------------------------------------------------
 
+    @property
+    def size(self) -> int:
+        """The current target: how many ready sandboxes the pool aims to hold."""
+        return self._demand.target(self.min_size, self.max_size)
+
+    @property
+    def start_slots(self) -> int:
+        """How many sandboxes may start at once (shared with the other pools)."""
+        return int(self._start_limiter.total_tokens)
+
+    def note_arrival(self) -> None:
+        """A run for this language arrived (warm or not): demand for the target."""
+        self._demand.note_arrival()
+        self._kick()
+
+    def note_queued(self, n: int) -> None:
+        """How many runs wait in the caller's queue for a sandbox of this pool."""
+        if n > self._queued:
+            self._wake_refill.set()
+        self._queued = n
+
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
             language=self.language,
@@ -137,6 +182,12 @@ class WarmPool:
             last_start_s=self._last_start_s,
             start_seconds_sum=self._start_seconds_sum,
             unpause_failures_total=self._unpause_failures,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            arrival_rate=self._demand.rate(),
+            start_estimate_s=self._demand.start_s,
+            shrunk_total=self._shrunk,
+            queued=self._queued,
         )
 
     @property
@@ -183,6 +234,7 @@ class WarmPool:
                             # holds it, so destroy it here or it lives forever.
                             self._nursery_discard(sandbox)
                             raise
+                        self._backend.set_running(sandbox)
                         return sandbox
                     # Tell the refill loop a run is waiting, and sleep until the pool
                     # changes (a sandbox ready, a start failed). Not _kick(): waking
@@ -195,9 +247,21 @@ class WarmPool:
                 self._waiting -= 1
         raise NoCapacity(f"no {self.language} sandbox ready within {timeout_s:g}s")
 
+    def give_back(self, sandbox: Sandbox) -> None:
+        """Return an unused sandbox from :meth:`take` (its taker gave up before using it).
+
+        It goes back to the head: it is unpaused and was never sent a program.
+        """
+        if self._closed or not sandbox.alive_nowait():
+            self._nursery_discard(sandbox)
+        else:
+            self._taken -= 1
+            self._ready.appendleft(sandbox)
+        self._kick()
+
     async def wait_ready(self) -> None:
-        """Return once a sandbox is ready (at once for a pool of size 0)."""
-        while self.size > 0 and not self._ready:
+        """Return once a sandbox is ready (at once for a pool of minimum size 0)."""
+        while self.min_size > 0 and not self._ready:
             changed = self._changed
             await changed.wait()
 
@@ -314,16 +378,50 @@ class WarmPool:
     def _deficit(self) -> int:
         return self.size - len(self._ready) - self._starting
 
+    def _starts_wanted(self) -> int:
+        """Starts to begin now: the target's deficit, or the runs waiting beyond what
+        is ready or starting, at most as many as there are start slots (more would
+        only queue for a slot and outlive the burst as surplus)."""
+        waiting = max(self._waiting, self._queued)
+        unserved = waiting - len(self._ready) - self._starting
+        slots = self.start_slots
+        for_waiters = min(unserved, slots - self._starting)
+        return max(self._deficit(), for_waiters)
+
+    def _shrink(self) -> None:
+        """Destroy ready sandboxes above the target once the surplus has lasted."""
+        surplus = len(self._ready) - self.size
+        if surplus <= 0 or self._waiting or self._queued:
+            self._surplus_since = None
+            return
+        now = trio.current_time()
+        if self._surplus_since is None:
+            self._surplus_since = now
+            return
+        if now - self._surplus_since < self._shrink_after_s:
+            return
+        self._surplus_since = None
+        # The newest go first: the head is unpaused and the oldest age out anyway.
+        for _ in range(surplus):
+            if len(self._ready) <= 1:
+                break
+            victim = self._ready[-1]
+            if victim.id in self._unpausing:
+                break
+            self._ready.pop()
+            self._shrunk += 1
+            self._nursery_discard(victim)
+
     async def _refill_loop(self) -> None:
         assert self._nursery is not None
         while True:
-            # Demand: the target size, or the runs waiting when the pool is size 0.
-            want = max(self._deficit(), self._waiting - self._starting - len(self._ready))
+            self._shrink()
+            want = self._starts_wanted()
             if want > 0 and not self._closed:
                 if self.breaker_open:
                     await trio.sleep_until(self._breaker_until)
                     continue
-                if self._waiting == 0 and trio.current_time() < self._defer_until:
+                if self._waiting == 0 and self._queued == 0 and trio.current_time() < self._defer_until:
                     self._wake_refill = trio.Event()
                     with trio.move_on_at(self._defer_until):
                         await self._wake_refill.wait()
@@ -351,6 +449,7 @@ class WarmPool:
                 t0 = trio.current_time()
                 sandbox = await self._backend.start_sandbox(self.language, self.image)
                 elapsed = trio.current_time() - t0
+            self._demand.note_start(elapsed)
             self._last_start_s = elapsed
             self._start_seconds_sum += elapsed
             self._started += 1
@@ -358,7 +457,7 @@ class WarmPool:
             self._tokens[sandbox.id] = token
             self._born[sandbox.id] = trio.current_time()
             # Only the head stays unpaused; pausing the rest saves their idle CPU.
-            if self._pause_idle and self._ready and self._waiting == 0:
+            if self._pause_idle and self._ready and self._waiting == 0 and self._queued == 0:
                 await self._backend.pause(sandbox)
                 self._paused.add(sandbox.id)
             if self._closed:
@@ -416,6 +515,37 @@ class WarmPool:
                     self._nursery_discard(sandbox)
             if stale:
                 self._kick()
+
+
+class _Demand:
+    """The arrival rate (decaying exponentially) and the start time, for the target."""
+
+    def __init__(self) -> None:
+        self._rate = 0.0
+        self._at = 0.0
+        self.start_s = DEFAULT_START_ESTIMATE_S
+        self._starts = 0
+
+    def rate(self) -> float:
+        """Arrivals per second, smoothed over ``RATE_TAU_S``."""
+        return self._rate * math.exp(-(trio.current_time() - self._at) / RATE_TAU_S)
+
+    def note_arrival(self) -> None:
+        self._rate = self.rate() + 1.0 / RATE_TAU_S
+        self._at = trio.current_time()
+
+    def note_start(self, seconds: float) -> None:
+        # The first measurement replaces the guess; later ones are smoothed.
+        self._starts += 1
+        if self._starts == 1:
+            self.start_s = seconds
+        else:
+            self.start_s += START_ALPHA * (seconds - self.start_s)
+
+    def target(self, minimum: int, maximum: int) -> int:
+        # Little's law: sandboxes consumed during one start, with headroom.
+        need = math.ceil(self.rate() * self.start_s * DEMAND_HEADROOM - 0.05)
+        return max(minimum, min(maximum, need))
 
 
 async def run_pools(

@@ -134,6 +134,9 @@ class Backend(Protocol):
     async def start_sandbox(self, language: str, image: str) -> Sandbox:
         """Create, attach, start and wait until ready; clean up on any failure."""
 
+    def set_running(self, sandbox: Sandbox) -> None:
+        """A run has taken ``sandbox``: give it the running CPU weight. Never blocks."""
+
     async def pause(self, sandbox: Sandbox) -> None: ...
 
     async def unpause(self, sandbox: Sandbox) -> None: ...

@@ -39,6 +39,7 @@ class FakeSandbox:
     _death: DeathInfo | None = None
     _ignore_int: bool = False
     stdin: bytes = b""
+    running: bool = False  # given the running CPU weight by a take
 
     dead: bool = False
 
@@ -137,6 +138,9 @@ class FakeBackend:
         sandbox = FakeSandbox(f"fake{self._n}", language, image, trio.current_time(), self)
         self.created.append(sandbox)
         return sandbox
+
+    def set_running(self, sandbox: FakeSandbox) -> None:
+        sandbox.running = True
 
     async def pause(self, sandbox: FakeSandbox) -> None:
         await trio.sleep(0.03)

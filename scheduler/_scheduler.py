@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal as signal_mod
 from collections import Counter
@@ -26,6 +27,7 @@ from pool import NoCapacity as PoolNoCapacity
 
 from ._errors import NoCapacity, ShuttingDown, UnknownLanguage
 from ._output import OutputCollector
+from ._queue import FairQueue, ServiceRate, Waiter, predict_wait_s
 from ._types import Budget, RunRequest, RunResult, Termination
 
 log = logging.getLogger("cinch.scheduler")
@@ -39,8 +41,12 @@ BUDGET_INTERVAL_S = 0.5
 class SchedulerConfig:
     """Admission and run policy. Units are in the names."""
 
-    queue_timeout_s: float = 3.0
-    queue_max: int = 64
+    # The longest a queued run waits for a sandbox. A run whose predicted wait
+    # exceeds ``admit_fraction`` of it is refused at once (with a Retry-After), so
+    # the slack absorbs the prediction's error instead of a late 503.
+    queue_timeout_s: float = 20.0
+    admit_fraction: float = 0.75
+    queue_max: int = 256
     max_run_timeout_s: float = 10.0
     destroy_timeout_s: float = 30.0
     # The result goes back first; the sandbox's teardown (and its replacement's
@@ -60,6 +66,9 @@ class SchedulerStatistics:
     warm_hits_total: int
     queued_runs_total: int
     destroying: int
+    queued_by_language: Mapping[str, int] = field(default_factory=dict)
+    predicted_wait_s: Mapping[str, float] = field(default_factory=dict)
+    service_rate: Mapping[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +102,41 @@ class Scheduler:
         self._idle.set()
         self._counters = _Counters()
         self._nursery: trio.Nursery | None = None
+        self._queues = {name: FairQueue() for name in self._pools}
+        self._rates = {name: ServiceRate() for name in self._pools}
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def admit_budget_s(self) -> float:
+        return self.config.queue_timeout_s * self.config.admit_fraction
+
+    def predicted_wait_s(self, language: str, tenant: str = "") -> float:
+        """The wait a new run of ``tenant`` would be predicted now (0 with a warm sandbox)."""
+        pool = self._pools[language]
+        queue = self._queues[language]
+        s = pool.statistics()
+        measured = self._rates[language].measured()
+        if measured is None and s.started_total == 0:
+            # Nothing measured yet (the first fill): no grounds to refuse anyone.
+            return 0.0
+        slots = max(1, self._start_slots())
+        # Languages with a backlog share the start slots.
+        busy = max(1, sum(1 for q in self._queues.values() if len(q)))
+        return predict_wait_s(
+            position=queue.position(tenant),
+            ready=s.ready,
+            starting=s.starting,
+            measured_rate=measured,
+            start_estimate_s=s.start_estimate_s,
+            start_slots=slots / busy if len(queue) else slots,
+        )
+
+    def _start_slots(self) -> int:
+        pool = next(iter(self._pools.values()), None)
+        return 1 if pool is None else pool.start_slots
 
     @property
     def languages(self) -> list[str]:
@@ -111,12 +155,17 @@ class Scheduler:
             warm_hits_total=self._counters.warm_hits,
             queued_runs_total=self._counters.queued_runs,
             destroying=self._destroying,
+            queued_by_language={n: len(q) for n, q in self._queues.items()},
+            predicted_wait_s={n: self.predicted_wait_s(n) for n in self._pools},
+            service_rate={n: r.measured() for n, r in self._rates.items()},
         )
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Own the background destroys; returns when cancelled, after they finish."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            for name, pool in self._pools.items():
+                nursery.start_soon(self._dispatch, name, pool)
             task_status.started()
             await trio.sleep_forever()
 
@@ -142,18 +191,8 @@ class Scheduler:
         if pool is None:
             raise UnknownLanguage(f"unsupported language {request.language!r}")
         t_queue = trio.current_time()
-        warm = pool.statistics().ready > 0
-        if not warm and self._queued >= self.config.queue_max:
-            self._counters.rejected["queue_full"] += 1
-            raise NoCapacity("too many runs are waiting for a sandbox", retry_after_s=1.0)
-        self._queued += 1
-        try:
-            sandbox = await pool.take(self.config.queue_timeout_s)
-        except PoolNoCapacity as exc:
-            self._counters.rejected["queue_timeout"] += 1
-            raise NoCapacity(str(exc), retry_after_s=1.0) from exc
-        finally:
-            self._queued -= 1
+        pool.note_arrival()
+        sandbox, warm = await self._acquire(request, pool)
         if warm:
             self._counters.warm_hits += 1
         else:
@@ -170,6 +209,76 @@ class Scheduler:
                 self._idle.set()
         self._counters.runs[(request.language, result.termination.value)] += 1
         return result
+
+    async def _acquire(self, request: RunRequest, pool: WarmPool) -> tuple[Sandbox, bool]:
+        """A sandbox for ``request``: at once if one is warm and nobody waits, else
+        through the fair queue, if the predicted wait fits the budget."""
+        queue = self._queues[request.language]
+        if not len(queue) and pool.statistics().ready > 0:
+            self._queued += 1
+            try:
+                return await pool.take(self.config.queue_timeout_s), True
+            except PoolNoCapacity as exc:
+                self._counters.rejected["queue_timeout"] += 1
+                raise NoCapacity(str(exc), retry_after_s=1.0) from exc
+            finally:
+                self._queued -= 1
+        if self._queued >= self.config.queue_max:
+            self._counters.rejected["queue_full"] += 1
+            raise NoCapacity("too many runs are waiting for a sandbox", retry_after_s=1.0)
+        predicted = self.predicted_wait_s(request.language, request.tenant)
+        budget = self.admit_budget_s
+        if predicted > budget:
+            self._counters.rejected["predicted_wait"] += 1
+            raise NoCapacity(
+                f"no {request.language} sandbox is free: the predicted wait is "
+                f"{predicted:.1f} s, over the {budget:g} s this server queues for",
+                retry_after_s=max(1.0, math.ceil(predicted - budget)),
+            )
+        waiter = Waiter(request.tenant, trio.current_time())
+        queue.push(waiter)
+        pool.note_queued(len(queue))
+        self._queued += 1
+        try:
+            with trio.move_on_after(self.config.queue_timeout_s):
+                await waiter.delivered.wait()
+        except BaseException:
+            # Cancelled (the client left): a sandbox delivered meanwhile goes back.
+            queue.remove(waiter)
+            if waiter.sandbox is not None:
+                pool.give_back(waiter.sandbox)
+            raise
+        finally:
+            self._queued -= 1
+            pool.note_queued(len(queue))
+        if waiter.sandbox is None:
+            queue.remove(waiter)
+            self._counters.rejected["queue_timeout"] += 1
+            raise NoCapacity(
+                f"no {request.language} sandbox ready within {self.config.queue_timeout_s:g}s",
+                retry_after_s=max(1.0, math.ceil(self.predicted_wait_s(request.language))),
+            )
+        return waiter.sandbox, False
+
+    async def _dispatch(self, language: str, pool: WarmPool) -> None:
+        """Hand each sandbox that becomes ready to the next queued run, round robin."""
+        queue = self._queues[language]
+        rate = self._rates[language]
+        while True:
+            await queue.wait_nonempty()
+            try:
+                sandbox = await pool.take(math.inf)
+            except PoolNoCapacity:  # pragma: no cover - an infinite wait never times out
+                continue
+            waiter = queue.pop()
+            if waiter is None:
+                # Everyone gave up while we waited: keep it warm for the next run.
+                pool.give_back(sandbox)
+                rate.note_idle()
+                continue
+            waiter.deliver(sandbox)
+            rate.note_delivery(backlog=len(queue) > 0)
+            pool.note_queued(len(queue))
 
     def _destroy_later(self, pool: WarmPool, sandbox: Sandbox) -> None:
         """Destroy off the request path; the answer does not wait for the teardown."""

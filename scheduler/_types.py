@@ -31,6 +31,8 @@ class RunRequest:
     timeout_s: float = 10.0
     output_limit_bytes: int = MIB
     request_id: str = ""
+    # Who asks (the account): queued runs are served round robin by tenant.
+    tenant: str = ""
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,12 @@ async def real_scheduler(
     from scheduler import SchedulerConfig
 
     config = Config.from_env(
-        {}, pool_python=pool_size, pool_javascript=pool_size, max_sandboxes=24
+        {},
+        pool_python=pool_size,
+        pool_javascript=pool_size,
+        pool_max_python=pool_size,
+        pool_max_javascript=pool_size,
+        max_sandboxes=24,
     )
     client = DockerClient(socket_path_from_env())
     try:

@@ -41,6 +41,16 @@ async def test_sigterm_lets_runs_finish_then_leaves_nothing(engine_ready, pg_url
                 await trio.sleep(0.7)  # the run is in flight
                 t0 = time.monotonic()
                 server.process.send_signal(signal.SIGTERM)
+                await trio.sleep(0.3)
+                # During the drain: still listening, new runs answered 503 + Retry-After,
+                # and /readyz says not ready (so a balancer moves traffic elsewhere).
+                async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as fresh:
+                    during = await fresh.post(
+                        "/run",
+                        json={"code": "print(1)"},
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                    ready = await fresh.get("/readyz")
             code = await trio.to_thread.run_sync(lambda: server.process.wait(30))
             elapsed = time.monotonic() - t0
     finally:
@@ -49,6 +59,11 @@ async def test_sigterm_lets_runs_finish_then_leaves_nothing(engine_ready, pg_url
             server.process.wait(10)
     assert results[0].status_code == 200, results[0].text
     assert results[0].json()["stdout"] == "finished\n"
+    assert during.status_code == 503, during.text
+    assert int(during.headers["Retry-After"]) >= 1
+    assert "restarting" in during.json()["error"]
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["scheduler"]["accepting"] is False
     assert code == 0
     assert elapsed < 15
     client = docker.from_env()

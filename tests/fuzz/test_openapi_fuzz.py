@@ -57,7 +57,11 @@ class CinchKey:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_api_matches_its_openapi_document(case: Any) -> None:
-    response = case.call_and_validate(timeout=60)
+    # /readyz answers a documented 503 whenever a pool has no warm sandbox at this
+    # instant (the fuzzed runs take them); its status, body and schema are still
+    # checked. Everywhere else a 5xx is a failure.
+    excluded = [schemathesis.checks.not_a_server_error] if case.path == "/readyz" else []
+    response = case.call_and_validate(timeout=60, excluded_checks=excluded)
     CALLS[f"{case.method} {case.path} -> {response.status_code}"] += 1
 
 

@@ -1,0 +1,201 @@
+"""Under load, on the fake backend and a virtual clock: the fair queue, admission by
+predicted wait, demand-following pool targets, bounded starts, CPU weights."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from scheduler import NoCapacity, RunRequest
+from scheduler._queue import FairQueue, ServiceRate, Waiter, predict_wait_s
+
+from .test_scheduler_fake import START_S, CountingBackend, running
+
+
+def test_fair_queue_round_robin_by_tenant() -> None:
+    q = FairQueue()
+    for i in range(5):
+        q.push(Waiter("a", float(i)))
+    assert q.position("b") == 2  # after a's first, before its second
+    q.push(Waiter("b", 9.0))
+    assert q.position("b") == 4  # a twice, b once, then b's second
+    order = [q.pop().tenant for _ in range(len(q))]  # type: ignore[union-attr]
+    assert order == ["a", "b", "a", "a", "a", "a"]
+    assert q.pop() is None
+
+
+def test_fair_queue_remove_keeps_counts() -> None:
+    q = FairQueue()
+    w1, w2 = Waiter("a", 0.0), Waiter("b", 0.0)
+    q.push(w1)
+    q.push(w2)
+    q.remove(w1)
+    q.remove(w1)  # twice: no-op
+    assert len(q) == 1
+    assert q.tenants == 1
+    assert q.pop() is w2
+
+
+def test_predict_wait() -> None:
+    # A warm sandbox per position: no wait.
+    assert (
+        predict_wait_s(
+            position=2, ready=2, starting=0, measured_rate=None, start_estimate_s=0.5, start_slots=2
+        )
+        == 0.0
+    )
+    # Measured: 4 positions beyond the ready ones at 2 per second.
+    assert (
+        predict_wait_s(
+            position=5, ready=1, starting=0, measured_rate=2.0, start_estimate_s=0.5, start_slots=2
+        )
+        == 2.0
+    )
+    # Estimated: the sandboxes starting arrive within one loaded start, the rest
+    # one loaded start per slot each.
+    assert (
+        predict_wait_s(
+            position=6, ready=0, starting=2, measured_rate=None, start_estimate_s=0.5, start_slots=2
+        )
+        == 1.0 + 4 * 1.0 / 2
+    )
+
+
+async def test_service_rate_measures_only_backlogs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rate = ServiceRate()
+    rate.note_delivery(backlog=True)
+    await trio.sleep(0.5)
+    rate.note_delivery(backlog=True)
+    assert rate.measured() == 2.0
+    await trio.sleep(10)
+    rate.note_delivery(backlog=False)  # the interval since then measured the arrivals
+    assert rate.measured() == 2.0
+    await trio.sleep(40)
+    assert rate.measured() is None  # stale
+
+
+async def test_one_accounts_burst_does_not_starve_another(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(size=0, start_concurrency=1, queue_timeout_s=60) as s:
+        order: list[str] = []
+
+        async def one(tenant: str) -> None:
+            await s.scheduler.run(RunRequest("python", "out:x", tenant=tenant))
+            order.append(tenant)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(one, "burst")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(one, "single")
+        # Served second at the latest: the queue alternates between accounts.
+        assert order.index("single") <= 1, order
+
+
+async def test_overload_is_refused_at_once_and_the_queued_are_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = CountingBackend()
+    backend.start_delay_s = 1.0
+    # Budget 0.75 * 8 = 6 s; one start slot, 1 s per start (2 s loaded): a few fit.
+    # (A pool of 1, so one start has been measured: before that nobody is refused.)
+    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=8) as s:
+        refused_after: list[float] = []
+        retry_after: list[float] = []
+        served = 0
+        t0 = trio.current_time()
+
+        async def one() -> None:
+            nonlocal served
+            try:
+                await s.run("out:x")
+                served += 1
+            except NoCapacity as exc:
+                refused_after.append(trio.current_time() - t0)
+                retry_after.append(exc.retry_after_s)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(one)
+        assert served >= 3
+        assert served + len(refused_after) == 30
+        assert refused_after, "some runs must be refused"
+        # Refused when they arrived, not after waiting out a time-out.
+        assert max(refused_after) == 0.0
+        assert min(retry_after) >= 1.0
+        assert s.scheduler.statistics().rejected_total.get("queue_timeout", 0) == 0
+
+
+async def test_starts_are_bounded_by_slots_during_a_burst(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(
+        size=1, start_concurrency=2, queue_timeout_s=60, pool_kw={"max_size": 4}
+    ) as s:
+        peak_live = 0
+
+        async def watch() -> None:
+            nonlocal peak_live
+            while True:
+                peak_live = max(peak_live, len(s.backend.live))
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(watch)
+            async with trio.open_nursery() as nursery:
+                for _ in range(40):
+                    nursery.start_soon(s.run, "out:x")
+            # Back to the target within seconds of the burst, not at the maximum age.
+            await trio.sleep(20)
+            stats = s.pool.statistics()
+            assert stats.ready == stats.size
+            assert stats.size == 1
+            outer.cancel_scope.cancel()
+        assert s.backend.peak <= 2  # never more starts than slots
+        # Taken ones are destroyed after their run; never a pile of spare starts.
+        assert peak_live <= 2 + 2 + 4
+
+
+async def test_target_follows_arrivals_and_decays(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(size=1, pool_kw={"max_size": 6}, queue_timeout_s=60) as s:
+        assert s.pool.statistics().size == 1
+        for _ in range(40):  # 10 runs per second
+            await s.run("out:x")
+            await trio.sleep(0.1)
+        busy = s.pool.statistics()
+        assert busy.arrival_rate > 2
+        assert 2 <= busy.size <= 6
+        await trio.sleep(30)
+        idle = s.pool.statistics()
+        assert idle.size == 1
+        assert idle.ready == 1
+        assert idle.shrunk_total + busy.ready >= busy.size - 1
+
+
+async def test_taken_sandbox_gets_the_running_weight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(size=2) as s:
+        assert not any(sb.running for sb in s.backend.live)
+        result = await s.run("out:x")
+        assert s.sandbox(result.sandbox_id).running
+        assert sum(sb.running for sb in s.backend.live) <= 1
+
+
+async def test_client_leaving_the_queue_loses_no_sandbox(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running(size=0, queue_timeout_s=60) as s:
+        with trio.move_on_after(START_S / 2):
+            await s.run("out:x")
+        assert s.scheduler.statistics().queued_by_language["python"] == 0
+        await trio.sleep(START_S * 4)
+        # The sandbox started for the run that left stays warm for the next one.
+        result = await s.run("out:y")
+        assert result.stdout == "y"
+        assert result.queue_ms == 0
