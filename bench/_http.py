@@ -93,6 +93,18 @@ class HttpTarget:
             start_s=t0,
         )
 
+    async def healthz(self) -> Sample:
+        """One ``GET /healthz``: what a request costs this client and the server's HTTP layer."""
+        t0 = time.perf_counter()
+        try:
+            response = await self._client.get(self.base_url + "/healthz", timeout=REQUEST_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            t1 = time.perf_counter()
+            return Sample((t1 - t0) * 1000, f"transport:{type(exc).__name__}", False, end_s=t1)
+        t1 = time.perf_counter()
+        code = response.status_code
+        return Sample((t1 - t0) * 1000, str(code), code == 200, end_s=t1, start_s=t0)
+
     async def metrics(self) -> dict[str, float] | None:
         try:
             response = await self._client.get(self.base_url + "/metrics", timeout=10)

@@ -168,15 +168,21 @@ def targets_issue15(r: Results) -> list[dict[str, Any]]:
         )
     loop = r.find(HTTP_WARM, "python", print_, "closed-loop")
     if loop is not None:
+        callers = loop.extra.get("callers", 8)
         out.append(
-            _check("HTTP, closed loop of 8: 503 answers", 15, float(loop.errors().get("503", 0)), 0)
+            _check(
+                f"HTTP, closed loop of {callers}: 503 answers",
+                15,
+                float(loop.errors().get("503", 0)),
+                0,
+            )
         )
         docker_loop = r.find(DOCKER, "python", print_, "closed-loop")
         d = docker_loop.throughput_rps() if docker_loop is not None else None
         if d:
             out.append(
                 _check(
-                    "HTTP, closed loop of 8: throughput vs parallel docker run (x)",
+                    f"HTTP, closed loop of {callers}: throughput vs parallel docker run (x)",
                     15,
                     (loop.throughput_rps() or 0) / d,
                     1.0,
@@ -541,7 +547,10 @@ def _load_markdown(load: list[dict[str, Any]]) -> list[str]:
             f"503 without, {x['other_5xx']} other 5xx, {x['other']} other. 503 latency p50/p99/max "
             f"{fmt_ms(x['latency_503_ms']['p50'])} / {fmt_ms(x['latency_503_ms']['p99'])} / "
             f"{fmt_ms(x['latency_503_ms']['max'])} ms; 200 latency p50/p99 "
-            f"{fmt_ms(x['latency_200_ms']['p50'])} / {fmt_ms(x['latency_200_ms']['p99'])} ms. Pools "
+            f"{fmt_ms(x['latency_200_ms']['p50'])} / {fmt_ms(x['latency_200_ms']['p99'])} ms; the "
+            f"client's floor, {x['size']} `GET /healthz` at once just before, p50/p99/max "
+            f"{fmt_ms(x['floor_healthz_ms']['p50'])} / {fmt_ms(x['floor_healthz_ms']['p99'])} / "
+            f"{fmt_ms(x['floor_healthz_ms']['max'])} ms. Pools "
             f"back at target ({x['target_source']}) "
             + (
                 f"{x['back_at_target_s']:g} s after the last answer"

@@ -259,7 +259,14 @@ async def _standard_series(
 
         await _measure(
             results,
-            Series(variant, lang, PRINT.title, _closed_shape(opts), "closed-loop"),
+            Series(
+                variant,
+                lang,
+                PRINT.title,
+                _closed_shape(opts),
+                "closed-loop",
+                extra={"callers": opts.callers},
+            ),
             loop,
             counters,
             source,
@@ -331,7 +338,11 @@ async def http_suite(results: Results, opts: Options, workdir: Path, config: Con
     servers: list[OwnServer] = []
     try:
         async with httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            # Enough connections that the flood and the open loop are not queued in the client.
+            limits=httpx.Limits(
+                max_connections=max(256, opts.flood_size + 8),
+                max_keepalive_connections=max(256, opts.flood_size + 8),
+            )
         ) as client:
             targets: list[tuple[str, HttpTarget]] = []
             if opts.url:

@@ -237,7 +237,8 @@ def test_bench_load_shapes_smoke(cinch_live: Any, tmp_path: Path) -> None:
 
     targets = {t["target"] for t in report["targets"] if t["issue"] == 15}
     assert "HTTP, Poisson at 50% of capacity: p99, python (ms)" in targets
-    assert "HTTP, closed loop of 8: 503 answers" in targets
+    assert "HTTP, closed loop of 2: 503 answers" in targets
     assert "10 at once: answers other than 200 or 503 with Retry-After" in targets
     md = (out / "latest.md").read_text()
     assert "### Load shapes: offered load and CPU of runs vs starts" in md
+    assert flood["floor_healthz_ms"]["n"] == 10
