@@ -10,8 +10,9 @@ interval's CPU to one side:
   a sandbox), an interval counts as **run** once the container's weight has risen
   above the one it was first seen with, **start** before.
 - Without them (every container keeps one weight), a container is **start**
-  until it has been quiet (less than ``QUIET_NS`` per interval, twice in a row:
-  ready and waiting, or paused) and **run** from its next activity on.  Shapes
+  until it has been paused by the pool or quiet (less than ``QUIET_NS`` per
+  interval, ``QUIET_INTERVALS`` in a row: ready and waiting) and **run** from its
+  next activity on.  Shapes
   begin from full, idle pools, so the containers there at the window's start
   count as quiet already.  A sandbox taken before it ever went quiet (a queued
   run was waiting for it) and gone before the window ends gets, as its start,
@@ -43,6 +44,9 @@ from pool import OWNER_LABEL, DockerClient
 ROOT = Path("/sys/fs/cgroup")
 GROUP = "cinch-sandboxes"
 QUIET_NS = 1_000_000  # 1 ms of CPU in one interval: an idle runner stays well below
+# Quiet this many intervals in a row (300 ms) to count as ready: on a loaded machine a
+# starting sandbox can be starved of the CPU for a few intervals.
+QUIET_INTERVALS = 6
 INTERVAL_S = 0.05
 LANGUAGE_LABEL = "cinch.language"
 _ID = re.compile(r"^[0-9a-f]{64}$")
@@ -152,7 +156,7 @@ class CgroupCpu:
             else:
                 c.start_ns += delta
             c.quiet_runs = c.quiet_runs + 1 if delta < QUIET_NS else 0
-            if c.quiet_runs >= 2:
+            if c.quiet_runs >= QUIET_INTERVALS:
                 c.went_quiet = True
 
     @property
@@ -187,8 +191,11 @@ class CgroupCpu:
                         actor.get("Attributes", {}).get(LANGUAGE_LABEL, ""),
                         new=True,
                     )
-                    if c is not None and event.get("status", event.get("Action")) == "die":
+                    action = event.get("status", event.get("Action"))
+                    if c is not None and action == "die":
                         c.gone = True
+                    elif c is not None and action == "pause":
+                        c.went_quiet = True  # the pool pauses only ready sandboxes
         except Exception as exc:  # the numbers get a note; the shape goes on
             self.available = f"event stream lost: {exc}"
             if not connected:
@@ -261,7 +268,7 @@ class CgroupCpu:
         return {
             "method": "per-sandbox weights (run once the weight rose)"
             if self.weighted
-            else "quiet heuristic (run after the sandbox first went quiet)",
+            else "pause or quiet (run after the sandbox was first paused or quiet 300 ms)",
             "containers": len(seen),
             "containers_ran": sum(1 for c in seen if c.run_ns),
             "containers_split_by_mean_start": estimated,
