@@ -15,7 +15,7 @@ import trio
 
 from ._report import markdown as render_markdown
 from ._report import to_json, write
-from ._suite import LANGUAGES, Options, run_all
+from ._suite import LANGUAGES, SHAPES, Options, run_all
 from ._workloads import WORKLOADS
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -43,6 +43,28 @@ def _workloads(value: str) -> tuple[str, ...]:
             f"workloads are {', '.join(n for n in WORKLOADS if n != 'print')}, not {bad}"
         )
     return names
+
+
+def _shapes(value: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [n for n in names if n not in SHAPES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"shapes are {','.join(SHAPES)}, not {bad}")
+    return names
+
+
+def _sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes are integers, not {value!r}") from None
+    if any(n <= 0 for n in sizes):
+        raise argparse.ArgumentTypeError("sizes are positive")
+    return sizes
+
+
+def _keys(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +137,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="upper bound in seconds for one sequential series",
     )
     p.add_argument(
+        "--shapes",
+        type=_shapes,
+        default=d.shapes,
+        help="load shapes besides the sequential rows: " + ",".join(SHAPES) + " (default: all)",
+    )
+    p.add_argument(
+        "--poisson-duration",
+        type=float,
+        default=d.poisson_duration_s,
+        dest="poisson_duration_s",
+        help="seconds of each open-loop Poisson level (25%%, 50%%, 80%% of the closed loop)",
+    )
+    p.add_argument(
+        "--burst-sizes",
+        type=_sizes,
+        default=d.burst_sizes,
+        help="mixed bursts released at once, languages taking turns (16,64)",
+    )
+    p.add_argument(
+        "--flood-size", type=int, default=d.flood_size, help="requests at once from 8 API keys"
+    )
+    p.add_argument(
+        "--flood-keys",
+        type=_keys,
+        default=d.flood_keys,
+        help="with --url: API keys of other accounts for the flood (comma-separated)",
+    )
+    p.add_argument(
+        "--owner",
+        default=d.owner,
+        help="with --url: the cinch.owner label of that server's sandboxes (its instance id), "
+        "for the CPU split of runs and starts",
+    )
+    p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="where the JSON, Markdown and PNG go"
     )
     p.add_argument("--no-chart", action="store_true")
@@ -144,6 +200,12 @@ def options_from_args(args: argparse.Namespace) -> Options:
         docker=args.docker,
         database_url=args.database_url,
         series_max_s=args.series_max_s,
+        shapes=args.shapes,
+        poisson_duration_s=args.poisson_duration_s,
+        burst_sizes=args.burst_sizes,
+        flood_size=args.flood_size,
+        flood_keys=args.flood_keys,
+        owner=args.owner,
     )
     if args.quick:
         opts.samples = min(opts.samples, 5)
@@ -157,6 +219,11 @@ def options_from_args(args: argparse.Namespace) -> Options:
         opts.idle_settle_s = min(opts.idle_settle_s, 1.0)
         opts.idle_window_s = min(opts.idle_window_s, 2.0)
         opts.pause_s = min(opts.pause_s, 0.3)
+        opts.poisson_duration_s = min(opts.poisson_duration_s, 3.0)
+        opts.burst_sizes = tuple(min(n, 4) for n in opts.burst_sizes[:1])
+        opts.flood_size = min(opts.flood_size, 12)
+        opts.flood_idle_samples = min(opts.flood_idle_samples, 2)
+        opts.flood_recovery_max_s = min(opts.flood_recovery_max_s, 30.0)
     return opts
 
 

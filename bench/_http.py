@@ -39,13 +39,14 @@ class HttpTarget:
         self._key = key
         self._client = client
 
-    async def run(self, language: str, workload: Workload) -> Sample:
+    async def run(self, language: str, workload: Workload, key: str | None = None) -> Sample:
+        """One ``POST /run`` with this target's key (or ``key``)."""
         t0 = time.perf_counter()
         try:
             response = await self._client.post(
                 self.base_url + "/run",
                 json={"code": workload.code[language], "language": language},
-                headers={"Authorization": f"Bearer {self._key}"},
+                headers={"Authorization": f"Bearer {key or self._key}"},
                 timeout=REQUEST_TIMEOUT_S,
             )
         except httpx.HTTPError as exc:
@@ -56,6 +57,7 @@ class HttpTarget:
                 False,
                 end_s=t1,
                 detail=str(exc)[:160],
+                start_s=t0,
             )
         t1 = time.perf_counter()
         try:
@@ -86,7 +88,22 @@ class HttpTarget:
             queue_ms=body.get("queueMs"),
             end_s=t1,
             detail=detail,
+            credits=body.get("creditsCharged") if response.status_code == 200 else None,
+            retry_after=response.headers.get("Retry-After"),
+            start_s=t0,
         )
+
+    async def healthz(self) -> Sample:
+        """One ``GET /healthz``: what a request costs this client and the server's HTTP layer."""
+        t0 = time.perf_counter()
+        try:
+            response = await self._client.get(self.base_url + "/healthz", timeout=REQUEST_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            t1 = time.perf_counter()
+            return Sample((t1 - t0) * 1000, f"transport:{type(exc).__name__}", False, end_s=t1)
+        t1 = time.perf_counter()
+        code = response.status_code
+        return Sample((t1 - t0) * 1000, str(code), code == 200, end_s=t1, start_s=t0)
 
     async def metrics(self) -> dict[str, float] | None:
         try:
@@ -105,6 +122,32 @@ class HttpTarget:
         return int(m["cinch_runs_warm_hits_total"]), int(
             m.get("cinch_runs_waited_for_sandbox_total", 0)
         )
+
+    async def pool_gauges(self) -> dict[str, dict[str, float]] | None:
+        """Per language: ``ready``, ``paused``, ``starting`` and ``target`` from ``/metrics``.
+
+        ``target`` is ``cinch_pool_target`` (the demand-following target) when the
+        server exports it, else ``cinch_pool_target_size`` (the configured size).
+        """
+        m = await self.metrics()
+        if m is None:
+            return None
+        out: dict[str, dict[str, float]] = {}
+        for lang in ("python", "javascript"):
+            label = f'{{language="{lang}"}}'
+            if f"cinch_pool_ready{label}" not in m:
+                continue
+            target = m.get(f"cinch_pool_target{label}")
+            out[lang] = {
+                "ready": m.get(f"cinch_pool_ready{label}", 0.0),
+                "paused": m.get(f"cinch_pool_paused{label}", 0.0),
+                "starting": m.get(f"cinch_pool_starting{label}", 0.0),
+                "target": target
+                if target is not None
+                else m.get(f"cinch_pool_target_size{label}", 0.0),
+                "target_source": 1.0 if target is not None else 0.0,
+            }
+        return out
 
     async def wait_idle(self, languages: list[str], timeout_s: float = 90.0) -> bool:
         """Wait until no run is in flight and every pool is full again. False on time-out."""

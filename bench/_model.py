@@ -24,6 +24,9 @@ class Sample:
     queue_ms: float | None = None
     end_s: float = 0.0  # monotonic time the answer arrived
     detail: str = ""  # for errors: the server's message, shortened
+    credits: float | None = None  # server-reported creditsCharged (HTTP 200 only)
+    retry_after: str | None = None  # the Retry-After header of an error answer, if any
+    start_s: float = 0.0  # monotonic time the request was sent
 
 
 @dataclass

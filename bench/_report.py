@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ._load import burst_kind, poisson_kind
 from ._model import HIT_QUEUE_MS, Series
 from ._procs import COMPONENTS
 from ._sched import PHASES
@@ -122,6 +123,7 @@ def targets(r: Results) -> list[dict[str, Any]]:
                     at_least=True,
                 )
             )
+    out += targets_issue15(r)
     for row in r.idle:
         if not row.get("configured"):
             continue
@@ -134,6 +136,91 @@ def targets(r: Results) -> list[dict[str, Any]]:
                 limit,
             )
         )
+    return out
+
+
+def _load_row(r: Results, variant: str, kind: str) -> dict[str, Any] | None:
+    return next((x for x in r.load if x["variant"] == variant and x["kind"] == kind), None)
+
+
+def targets_issue15(r: Results) -> list[dict[str, Any]]:
+    """Issue 15's targets, each from this run's rows; a shape not run gives no row."""
+    out: list[dict[str, Any]] = []
+    print_ = "print(2+2)"
+    for lang, limit in (("python", 40.0), ("javascript", 60.0)):
+        s = r.find(HTTP_WARM, lang, print_, poisson_kind(0.5))
+        if s is not None:
+            out.append(
+                _check(
+                    f"HTTP, Poisson at 50% of capacity: p99, {lang} (ms)", 15, _p(s, "p99"), limit
+                )
+            )
+    b16 = _load_row(r, HTTP_WARM, burst_kind(16))
+    if b16 is not None:
+        out.append(
+            _check(
+                "HTTP, burst of 16 on defaults: answered 200 (of 16)",
+                15,
+                b16["answered_ok"],
+                16,
+                at_least=True,
+            )
+        )
+    loop = r.find(HTTP_WARM, "python", print_, "closed-loop")
+    if loop is not None:
+        callers = loop.extra.get("callers", 8)
+        out.append(
+            _check(
+                f"HTTP, closed loop of {callers}: 503 answers",
+                15,
+                float(loop.errors().get("503", 0)),
+                0,
+            )
+        )
+        docker_loop = r.find(DOCKER, "python", print_, "closed-loop")
+        d = docker_loop.throughput_rps() if docker_loop is not None else None
+        if d:
+            out.append(
+                _check(
+                    f"HTTP, closed loop of {callers}: throughput vs parallel docker run (x)",
+                    15,
+                    (loop.throughput_rps() or 0) / d,
+                    1.0,
+                    at_least=True,
+                )
+            )
+    fl = _load_row(r, HTTP_WARM, "flood")
+    if fl is not None:
+        n = fl["size"]
+        bad = fl["503_without_retry_after"] + fl["other_5xx"] + fl["other"]
+        out.append(
+            _check(f"{n} at once: answers other than 200 or 503 with Retry-After", 15, bad, 0)
+        )
+        l503 = fl["latency_503_ms"]["max"]
+        if fl["503_with_retry_after"] + fl["503_without_retry_after"]:
+            out.append(_check(f"{n} at once: slowest 503 (ms)", 15, l503, 100.0))
+        for lang, row in fl["by_language"].items():
+            out.append(
+                _check(
+                    f"{n} at once: charge p99 / idle charge p50, {lang} (x)",
+                    15,
+                    row["charge_p99_over_idle_p50"],
+                    3.0,
+                )
+            )
+        back = fl["back_at_target_s"]
+        out.append(
+            _check(
+                f"{n} at once: pools back at target after the last answer (s; "
+                f"{fl['timeout_s']:g} = never within the wait)",
+                15,
+                fl["timeout_s"] if back is None else back,
+                10.0,
+            )
+        )
+    sched_js = r.find(SCHED_WARM, "javascript", print_, "sequential")
+    if sched_js is not None:
+        out.append(_check("scheduler, warm Node p99 (ms)", 15, _p(sched_js, "p99"), 25.0))
     return out
 
 
@@ -169,6 +256,7 @@ def to_json(r: Results, opts: Options, argv: list[str], started: datetime) -> di
         },
         "targets": targets(r),
         "series": [s.to_json() for s in r.series],
+        "load": r.load,
         "lifecycle": r.lifecycle,
         "engine_calls_during_scheduler_series": r.engine_calls,
         "idle": r.idle,
@@ -287,6 +375,8 @@ def markdown(report: dict[str, Any]) -> str:
         shapes = sorted({(s["kind"], s["shape"]) for s in series})
         lines += ["", "Load shapes:", ""] + [f"- {kind}: {shape}" for kind, shape in shapes]
         lines.append("")
+    if report.get("load"):
+        lines += _load_markdown(report["load"])
     if report["lifecycle"]:
         lines += [
             "### A sandbox's life, phase by phase (scheduler level)",
@@ -396,6 +486,103 @@ def markdown(report: dict[str, Any]) -> str:
     if report["notes"]:
         lines += ["Notes:", ""] + [f"- {n}" for n in report["notes"]] + [""]
     return "\n".join(lines)
+
+
+def _cpu_cells(cpu: dict[str, Any]) -> list[str]:
+    share = "-" if cpu.get("run_share") is None else f"{cpu['run_share'] * 100:.0f}%"
+    return [
+        f"{cpu.get('run_cpu_ms', 0):.0f}",
+        f"{cpu.get('start_cpu_ms', 0):.0f}",
+        share,
+        str(cpu.get("containers", 0)),
+        "-"
+        if cpu.get("sandboxes_cpu_pct_of_core") is None
+        else f"{cpu['sandboxes_cpu_pct_of_core']:g}",
+    ]
+
+
+def _load_markdown(load: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "### Load shapes: offered load and CPU of runs vs starts",
+        "",
+        "Latencies of these rows are in the table above (kinds `poisson N%`, `burst N`, `flood`). "
+        "CPU: our sandboxes' cgroups (`cinch-sandboxes/<id>`) over the shape's window, split "
+        "into runs and starts (bench/README.md says how); dockerd, containerd and the shims are "
+        "in neither.",
+        "",
+    ]
+    rows = []
+    for x in load:
+        if x["kind"].startswith("poisson"):
+            what = (
+                f"{x['offered_rps']:.2f}/s offered ({x['capacity_rps']:.2f}/s capacity), "
+                f"{x['sent']} sent, {x['skipped']} skipped, send lag p99 {x['late_ms_p99']:g} ms"
+            )
+        else:
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(x.get("statuses", {}).items()))
+            what = f"{x['size']} at once, {statuses}; wall {x['wall_ms']:g} ms"
+        rows.append([x["variant"], x["kind"], what, *_cpu_cells(x["cpu"]), x["cpu"]["method"]])
+    lines += _table(
+        [
+            "variant",
+            "shape",
+            "load",
+            "run CPU ms",
+            "start CPU ms",
+            "run share",
+            "sandboxes",
+            "% of a core",
+            "split by",
+        ],
+        rows,
+        right_from=3,
+    )
+    lines.append("")
+    for x in load:
+        if x["kind"] != "flood":
+            continue
+        lines += [
+            f"{x['size']} at once from {x['keys']} keys ({x['variant']}): {x['answered_200']} answered "
+            f"200, {x['503_with_retry_after']} 503 with Retry-After, {x['503_without_retry_after']} "
+            f"503 without, {x['other_5xx']} other 5xx, {x['other']} other. 503 latency p50/p99/max "
+            f"{fmt_ms(x['latency_503_ms']['p50'])} / {fmt_ms(x['latency_503_ms']['p99'])} / "
+            f"{fmt_ms(x['latency_503_ms']['max'])} ms; 200 latency p50/p99 "
+            f"{fmt_ms(x['latency_200_ms']['p50'])} / {fmt_ms(x['latency_200_ms']['p99'])} ms; the "
+            f"client's floor, {x['size']} `GET /healthz` at once just before, p50/p99/max "
+            f"{fmt_ms(x['floor_healthz_ms']['p50'])} / {fmt_ms(x['floor_healthz_ms']['p99'])} / "
+            f"{fmt_ms(x['floor_healthz_ms']['max'])} ms. Pools "
+            f"back at target ({x['target_source']}) "
+            + (
+                f"{x['back_at_target_s']:g} s after the last answer"
+                if x["back_at_target_s"] is not None
+                else f"not within {x['timeout_s']:g} s"
+            )
+            + "; largest pool seen: "
+            + ", ".join(f"{k} {v:g}" for k, v in x["largest_pool_seen"].items())
+            + ".",
+            "",
+        ]
+        rows = []
+        for lang, b in x["by_language"].items():
+            ic, c = b["idle_charge"], b["charge"]
+            rows.append(
+                [
+                    lang,
+                    str(b["answered_200"]),
+                    str(b["503_with_retry_after"] + b["503_without_retry_after"]),
+                    f"{ic['p50']} (n={ic['n']})",
+                    f"{c['p50']} / {c['p99']} / {c['max']} (n={c['n']})",
+                    "-"
+                    if b["charge_p99_over_idle_p50"] is None
+                    else f"{b['charge_p99_over_idle_p50']:g}",
+                ]
+            )
+        lines += _table(
+            ["language", "200", "503", "idle charge p50", "charge p50 / p99 / max", "p99 / idle"],
+            rows,
+        )
+        lines.append("")
+    return lines
 
 
 # -- chart ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -38,6 +38,15 @@ class OwnServer:
     env: dict[str, str]
     process: subprocess.Popen[bytes]
     log_path: Path
+    extra_keys: list[str] = field(default_factory=list)  # one per other account
+
+    @property
+    def owner(self) -> str:
+        """The ``cinch.owner`` label of this server's sandboxes (its instance id)."""
+        try:
+            return (self.data_dir / "instance-id").read_text().strip()
+        except OSError:
+            return ""
 
     def log_tail(self, n: int = 3000) -> str:
         try:
@@ -68,7 +77,9 @@ def start_server(
     pool_javascript: int,
     database_url: str = "",
     extra_env: dict[str, str] | None = None,
+    extra_accounts: int = 0,
 ) -> OwnServer:
+    """Make an account and key (and ``extra_accounts`` more, a key each), then serve."""
     data_dir = workdir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -95,6 +106,12 @@ def start_server(
     key = next((w for w in out.split() if w.startswith("cinch_live_")), "")
     if not key:
         raise RuntimeError(f"no key in `cinch key create` output: {out!r}")
+    extra_keys: list[str] = []
+    for i in range(extra_accounts):
+        other = f"bench-{name}-{i + 1}@localhost"
+        _cli(env, "account", "create", other, "--credits", str(BENCH_CREDITS))
+        out = _cli(env, "key", "create", other, "--name", "bench")
+        extra_keys += [w for w in out.split() if w.startswith("cinch_live_")][:1]
     log_path = data_dir / "server.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -104,7 +121,9 @@ def start_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = OwnServer(name, f"http://127.0.0.1:{port}", key, data_dir, env, process, log_path)
+    server = OwnServer(
+        name, f"http://127.0.0.1:{port}", key, data_dir, env, process, log_path, extra_keys
+    )
     try:
         _wait_ready(server)
     except BaseException:

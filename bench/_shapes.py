@@ -1,8 +1,9 @@
-"""Load shapes, each bounded in count and time: sequential with a pause, burst, closed loop."""
+"""Load shapes, each bounded in count and time: sequential, burst, closed loop, open loop."""
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -91,3 +92,104 @@ async def closed_loop(
         for _ in range(callers):
             nursery.start_soon(caller)
     return samples, time.perf_counter() - t0
+
+
+Thunk = Callable[[], Awaitable[Sample]]
+
+
+async def at_once(thunks: Sequence[Thunk]) -> tuple[list[Sample], float]:
+    """Every thunk released at the same instant (after all are waiting).
+
+    Returns the samples in the order of ``thunks`` and the wall time from the
+    release to the last answer.  Nothing waits for a pool to refill.
+    """
+    size = len(thunks)
+    go = trio.Event()
+    all_waiting = trio.Event()
+    waiting = 0
+    out: list[Sample | None] = [None] * size
+
+    async def one(i: int) -> None:
+        nonlocal waiting
+        waiting += 1
+        if waiting == size:
+            all_waiting.set()
+        await go.wait()
+        out[i] = await thunks[i]()
+
+    t0 = time.perf_counter()
+    if size:
+        async with trio.open_nursery() as nursery:
+            for i in range(size):
+                nursery.start_soon(one, i)
+            await all_waiting.wait()
+            t0 = time.perf_counter()
+            go.set()
+    return [s for s in out if s is not None], time.perf_counter() - t0
+
+
+async def poisson(
+    calls: dict[str, Call],
+    mix: dict[str, float],
+    rate_per_s: float,
+    duration_s: float,
+    rng: random.Random,
+    *,
+    max_in_flight: int = 512,
+    max_requests: int | None = None,
+) -> tuple[dict[str, list[Sample]], dict[str, float]]:
+    """Open-loop Poisson arrivals: exponential gaps of mean ``1/rate_per_s``, for ``duration_s``.
+
+    Each arrival picks its language with the probabilities of ``mix`` and is sent at
+    its planned instant whatever is still in flight: arrivals never wait for an
+    answer or for a pool.  Bounded: at most ``max_requests`` arrivals (default three
+    times the expected count, plus 10) and ``max_in_flight`` outstanding (an arrival
+    beyond that is counted in ``skipped``, not sent).  Returns the samples per
+    language and ``{"offered_rps", "sent", "skipped", "late_ms_p99", "elapsed_s"}``;
+    ``late_ms_p99`` is how far behind plan the sends were (the generator's own lag).
+    """
+    languages = list(mix)
+    weights = [mix[lang] for lang in languages]
+    limit = (
+        max_requests if max_requests is not None else math.ceil(rate_per_s * duration_s * 3) + 10
+    )
+    out: dict[str, list[Sample]] = {lang: [] for lang in languages}
+    late: list[float] = []
+    in_flight = 0
+    sent = skipped = 0
+
+    async def one(lang: str) -> None:
+        nonlocal in_flight
+        try:
+            out[lang].append(await calls[lang](lang))
+        finally:
+            in_flight -= 1
+
+    t0 = time.perf_counter()
+    if rate_per_s > 0:
+        async with trio.open_nursery() as nursery:
+            planned = t0
+            while sent + skipped < limit:
+                planned += rng.expovariate(rate_per_s)
+                if planned - t0 > duration_s:
+                    break
+                now = time.perf_counter()
+                if planned > now:
+                    await trio.sleep(planned - now)
+                late.append((time.perf_counter() - planned) * 1000)
+                lang = rng.choices(languages, weights)[0]
+                if in_flight >= max_in_flight:
+                    skipped += 1
+                    continue
+                in_flight += 1
+                sent += 1
+                nursery.start_soon(one, lang)
+    late.sort()
+    info = {
+        "offered_rps": round(rate_per_s, 3),
+        "sent": sent,
+        "skipped": skipped,
+        "late_ms_p99": round(late[min(len(late) - 1, int(len(late) * 0.99))], 2) if late else 0.0,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+    return out, info

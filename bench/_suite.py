@@ -26,6 +26,7 @@ from ._docker_run import DockerRun
 from ._engine import TimedClient, open_scheduler, remove_owned
 from ._engine import wait_pools_full as _wait_pools_full
 from ._http import HttpTarget
+from ._load import FLOOD_KEYS, LoadTarget, flood, mixed_bursts, poisson_levels
 from ._model import Sample, Series
 from ._sched import SchedulerTarget, idle_cost, lifecycle_probe
 from ._servers import OwnServer, start_server, stop_server
@@ -38,6 +39,7 @@ HTTP_COLD = "HTTP, cold path (pool 0)"
 DOCKER = "docker run"
 SCHED_WARM = "scheduler, warm pool (no HTTP)"
 LANGUAGES = ("python", "javascript")
+SHAPES = ("closed", "poisson", "bursts", "flood")
 
 
 @dataclass
@@ -65,6 +67,15 @@ class Options:
     series_max_s: float = 900.0
     workdir: Path | None = None
     progress: Callable[[str], None] = print
+    # The load shapes of issue 15 (bench/_load.py); "closed" is the closed loop above.
+    shapes: tuple[str, ...] = SHAPES
+    poisson_duration_s: float = 60.0
+    burst_sizes: tuple[int, ...] = (16, 64)
+    flood_size: int = 200
+    flood_idle_samples: int = 10
+    flood_recovery_max_s: float = 60.0
+    flood_keys: tuple[str, ...] = ()  # with --url: keys of other accounts for the flood
+    owner: str = ""  # with --url: the server's cinch.owner label, for the CPU split
 
 
 @dataclass
@@ -75,6 +86,7 @@ class Results:
     idle: list[dict[str, Any]] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    load: list[dict[str, Any]] = field(default_factory=list)  # one row per load-shape window
 
     def find(self, variant: str, language: str, workload: str, kind: str) -> Series | None:
         for s in self.series:
@@ -235,7 +247,7 @@ async def _standard_series(
             )
             await _measure(results, series, bursts_body, counters, source, opts.progress)
             series.extra["burst_wall_ms"] = [round(m * 1000, 1) for m in makespans]
-    for lang in opts.closed_loop_languages:
+    for lang in opts.closed_loop_languages if "closed" in opts.shapes else ():
         if lang not in opts.languages:
             continue
         await settle()
@@ -247,12 +259,60 @@ async def _standard_series(
 
         await _measure(
             results,
-            Series(variant, lang, PRINT.title, _closed_shape(opts), "closed-loop"),
+            Series(
+                variant,
+                lang,
+                PRINT.title,
+                _closed_shape(opts),
+                "closed-loop",
+                extra={"callers": opts.callers},
+            ),
             loop,
             counters,
             source,
             opts.progress,
         )
+
+
+CALIBRATION_S = 10.0
+
+
+async def load_shapes(results: Results, opts: Options, target: LoadTarget) -> None:
+    """The shapes of issue 15 that ``opts.shapes`` asks for, on ``target``, in order."""
+    if "poisson" in opts.shapes:
+        loop = results.find(target.variant, "python", PRINT.title, "closed-loop")
+        source = f"closed loop of {opts.callers}, python, earlier in this run"
+        if loop is None and "python" in opts.languages:
+            # No closed loop asked for: a short one, only to set the Poisson rates.
+            await target.settle()
+            seconds = min(opts.closed_loop_s, CALIBRATION_S)
+            samples, elapsed = await closed_loop(
+                functools.partial(target.run, workload=PRINT), "python", opts.callers, seconds
+            )
+            loop = Series(
+                target.variant,
+                "python",
+                PRINT.title,
+                f"closed loop: {opts.callers} callers, {seconds:g} s, print(2+2) "
+                "(calibration of the Poisson rates)",
+                "closed-loop",
+                samples=samples,
+                elapsed_s=elapsed,
+            )
+            results.series.append(loop)
+            source = f"calibration closed loop of {opts.callers}, python, {seconds:g} s"
+        capacity = loop.throughput_rps() if loop is not None else None
+        if capacity:
+            opts.progress(f"{target.variant}: open-loop Poisson ({capacity:.2f} runs/s capacity):")
+            await poisson_levels(results, opts, target, capacity, source)
+        else:
+            results.notes.append(f"{target.variant}: no closed-loop capacity, so no Poisson rows")
+    if "bursts" in opts.shapes and opts.burst_sizes:
+        opts.progress(f"{target.variant}: mixed bursts {list(opts.burst_sizes)}:")
+        await mixed_bursts(results, opts, target)
+    if "flood" in opts.shapes and target.http is not None and opts.flood_size > 0:
+        opts.progress(f"{target.variant}: {opts.flood_size} at once from {len(target.keys)} keys:")
+        await flood(results, opts, target)
 
 
 async def docker_series(results: Results, opts: Options, runner: DockerRun) -> None:
@@ -278,7 +338,11 @@ async def http_suite(results: Results, opts: Options, workdir: Path, config: Con
     servers: list[OwnServer] = []
     try:
         async with httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            # Enough connections that the flood and the open loop are not queued in the client.
+            limits=httpx.Limits(
+                max_connections=max(256, opts.flood_size + 8),
+                max_keepalive_connections=max(256, opts.flood_size + 8),
+            )
         ) as client:
             targets: list[tuple[str, HttpTarget]] = []
             if opts.url:
@@ -293,6 +357,7 @@ async def http_suite(results: Results, opts: Options, workdir: Path, config: Con
                         pool_python=config.pool_python,
                         pool_javascript=config.pool_javascript,
                         database_url=opts.database_url,
+                        extra_accounts=FLOOD_KEYS - 1 if "flood" in opts.shapes else 0,
                     )
                 )
                 servers.append(warm)
@@ -338,6 +403,34 @@ async def http_suite(results: Results, opts: Options, workdir: Path, config: Con
                     workloads=is_warm,
                     bursts=is_warm,
                 )
+                if is_warm:
+                    if opts.url:
+                        keys, owner = [opts.key, *opts.flood_keys], opts.owner
+                    else:
+                        keys, owner = [servers[0].key, *servers[0].extra_keys], servers[0].owner
+                    if "flood" in opts.shapes and len(set(keys)) < FLOOD_KEYS:
+                        results.notes.append(
+                            f"flood: {len(set(keys))} API keys, not {FLOOD_KEYS} (--flood-keys)"
+                        )
+                    if not owner:
+                        results.notes.append(
+                            f"{variant}: sandboxes' owner label unknown (--owner): no CPU split"
+                        )
+                    async with DockerClient(socket_path_from_env()) as engine:
+                        await load_shapes(
+                            results,
+                            opts,
+                            LoadTarget(
+                                variant,
+                                target.run,
+                                functools.partial(target.wait_idle, list(opts.languages)),
+                                engine,
+                                [owner] if owner else [],
+                                counters=target.warm_counters if metrics_ok else None,
+                                http=target,
+                                keys=keys,
+                            ),
+                        )
     finally:
         for server in servers:
             await trio.to_thread.run_sync(stop_server, server)
@@ -424,6 +517,18 @@ async def scheduler_suite(
                 name: summarize(times[calls_before.get(name, 0) :])
                 for name, times in sorted(client.calls.items())
             }
+            await load_shapes(
+                results,
+                opts,
+                LoadTarget(
+                    SCHED_WARM,
+                    target.run,
+                    wait_full,
+                    client,
+                    [f"{owner}-sched"],
+                    counters=counters,
+                ),
+            )
     finally:
         await client.aclose()
 

@@ -83,6 +83,8 @@ def test_bench_http_smoke(cinch_live: Any, tmp_path: Path) -> None:
             "2",
             "--pause",
             "0.05",
+            "--shapes",
+            "closed",  # the load shapes of issue 15 have their own test below
             "--out",
             str(out),
         ]
@@ -153,3 +155,90 @@ def test_bench_http_smoke(cinch_live: Any, tmp_path: Path) -> None:
         check=True,
     )
     assert left.stdout.strip() == ""
+
+
+def test_bench_load_shapes_smoke(cinch_live: Any, tmp_path: Path) -> None:
+    """Issue 15's shapes in --quick form: Poisson levels, a mixed burst, a flood from 8 keys."""
+    keys = [cinch_live.new_key(1_000_000) for _ in range(8)]
+    id_file = cinch_live.data_dir / "instance-id"
+    owner = id_file.read_text().strip() if id_file.exists() else ""
+    out = tmp_path / "results"
+    code = main(
+        [
+            "http",
+            "--quick",
+            "--url",
+            cinch_live.base_url,
+            "--key",
+            keys[0],
+            "--flood-keys",
+            ",".join(keys[1:]),
+            "--owner",
+            owner,
+            "--no-docker",
+            "--workloads",
+            "",
+            "--samples",
+            "2",
+            "--bursts",
+            "0",
+            "--shapes",
+            "closed,poisson,bursts,flood",
+            "--callers",
+            "2",
+            "--duration",
+            "2",
+            "--poisson-duration",
+            "2",
+            "--burst-sizes",
+            "4",
+            "--flood-size",
+            "10",
+            "--out",
+            str(out),
+            "--no-chart",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "latest.json").read_text())
+    for s in report["series"]:
+        assert s["ok"] + sum(s["errors"].values()) == s["requests"], s["kind"]
+    kinds = {(s["kind"], s["language"]) for s in report["series"]}
+    for level in ("poisson 25%", "poisson 50%", "poisson 80%", "burst 4", "flood"):
+        for language in ("python", "javascript"):
+            assert (level, language) in kinds, (level, language, sorted(kinds))
+    # the burst was 2 + 2, the flood 5 + 5
+    assert sum(1 for s in report["series"] for _ in s["raw_status"] if s["kind"] == "burst 4") == 4
+
+    load = {row["kind"]: row for row in report["load"]}
+    assert set(load) == {"poisson 25%", "poisson 50%", "poisson 80%", "burst 4", "flood"}
+    for row in load.values():
+        assert {"run_cpu_ms", "start_cpu_ms", "run_share", "method"} <= set(row["cpu"])
+    poisson50 = load["poisson 50%"]
+    assert poisson50["offered_rps"] > 0
+    assert poisson50["skipped"] == 0
+    flood = load["flood"]
+    assert flood["size"] == flood["requests"] == 10
+    assert flood["keys"] == 8
+    parts = (
+        "answered_200",
+        "503_with_retry_after",
+        "503_without_retry_after",
+        "other_5xx",
+        "other",
+    )
+    assert sum(flood[k] for k in parts) == 10
+    assert flood["target_source"] in ("cinch_pool_target", "cinch_pool_target_size")
+    for row in flood["by_language"].values():
+        assert row["idle_charge"]["n"] == 2  # --quick: two idle runs per language
+        assert row["charge"]["n"] == row["answered_200"]
+    if owner:
+        assert flood["cpu"]["containers"] >= 1
+
+    targets = {t["target"] for t in report["targets"] if t["issue"] == 15}
+    assert "HTTP, Poisson at 50% of capacity: p99, python (ms)" in targets
+    assert "HTTP, closed loop of 2: 503 answers" in targets
+    assert "10 at once: answers other than 200 or 503 with Retry-After" in targets
+    md = (out / "latest.md").read_text()
+    assert "### Load shapes: offered load and CPU of runs vs starts" in md
+    assert flood["floor_healthz_ms"]["n"] == 10
