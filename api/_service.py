@@ -16,7 +16,6 @@ from typing import Any
 import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from pool import (
     LANGUAGES,
@@ -31,6 +30,8 @@ from scheduler import Scheduler
 
 from ._app import create_app
 from ._config import Config
+from ._http_limits import HttpLimits, HttpStatistics
+from ._http_limits import serve as http_serve
 from ._ledger import HEARTBEAT_S
 from ._pools import Pools, open_pools, sandbox_cgroup_parent
 from ._state import app_state
@@ -203,12 +204,20 @@ async def _serve_with_pools(
     hc.graceful_timeout = config.shutdown_grace_s + 3
     hc.keep_alive_timeout = 75
     shutdown = trio.Event()
+    limits = HttpLimits(config.header_timeout_s, config.max_connections_per_ip)
+    http_stats = HttpStatistics()
+    app_state(app).metrics.watch(lambda: _http_samples(http_stats))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_housekeeping, store)
         bound = await nursery.start(
-            lambda task_status: hypercorn_serve(
-                app, hc, shutdown_trigger=shutdown.wait, task_status=task_status
+            lambda task_status: http_serve(
+                app,
+                hc,
+                limits,
+                stats=http_stats,
+                shutdown_trigger=shutdown.wait,
+                task_status=task_status,
             )
         )
         base_url = _base_url(config, bound)
@@ -237,6 +246,24 @@ async def _serve_with_pools(
                 log.warning("could not mark this instance stopped: %s", exc)
         log.info("answers sent; destroying pools")
         nursery.cancel_scope.cancel()
+
+
+def _http_samples(stats: HttpStatistics) -> list[tuple[str, str, str, float]]:
+    return [
+        ("gauge", "cinch_http_connections_open", "Open client connections", stats.open_connections),
+        (
+            "counter",
+            "cinch_http_header_timeouts",
+            "Connections cut: request not received in time",
+            stats.header_timeouts_total,
+        ),
+        (
+            "counter",
+            "cinch_http_connections_refused",
+            "Connections refused: too many from one address",
+            stats.refused_per_ip_total,
+        ),
+    ]
 
 
 def _base_url(config: Config, bound: Any) -> str:
