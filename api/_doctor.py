@@ -149,7 +149,7 @@ async def run_doctor(config: Config) -> int:
                 mismatches = await store.ledger_mismatches()
             finally:
                 await store.aclose()
-        where = "embedded (pgserver)" if not config.database_url else "CINCH_DATABASE_URL"
+        where = "embedded" if not config.database_url else "CINCH_DATABASE_URL"
         if mismatches:
             return "FAIL", f"{len(mismatches)} account(s) whose balance != sum of ledger"
         return "OK", f"PostgreSQL {version}, {where}, ledger balanced"

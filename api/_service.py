@@ -30,6 +30,7 @@ from scheduler import Scheduler
 
 from ._app import create_app
 from ._config import Config
+from ._database_watch import DatabaseWatch
 from ._http_limits import HttpLimits, HttpStatistics
 from ._http_limits import serve as http_serve
 from ._ledger import HEARTBEAT_S
@@ -164,6 +165,8 @@ async def _serve_with_pools(
 ) -> None:
     scheduler, backend = wired.scheduler, wired.backend
 
+    watch = DatabaseWatch(store)
+
     async def readiness() -> dict[str, Any]:
         checks: dict[str, Any] = {}
         try:
@@ -172,6 +175,7 @@ async def _serve_with_pools(
             checks["database"] = {"ok": True}
         except (StoreError, trio.TooSlowError) as exc:
             checks["database"] = {"ok": False, "error": str(exc) or "timeout"}
+        checks["database"].update(_database_facts(store, watch))
         try:
             with trio.fail_after(2):
                 await client.ping()
@@ -207,9 +211,14 @@ async def _serve_with_pools(
     limits = HttpLimits(config.header_timeout_s, config.max_connections_per_ip)
     http_stats = HttpStatistics()
     app_state(app).metrics.watch(lambda: _http_samples(http_stats))
+    app_state(app).metrics.watch(lambda: _database_samples(store, watch))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_housekeeping, store)
+        if store.server is not None:
+            await nursery.start(store.server.supervise)
+        else:
+            await nursery.start(watch.run)
         bound = await nursery.start(
             lambda task_status: http_serve(
                 app,
@@ -246,6 +255,39 @@ async def _serve_with_pools(
                 log.warning("could not mark this instance stopped: %s", exc)
         log.info("answers sent; destroying pools")
         nursery.cancel_scope.cancel()
+
+
+def _database_facts(store: Store, watch: DatabaseWatch) -> dict[str, Any]:
+    """What /readyz says about the database besides "it answered"."""
+    if store.server is None:
+        w = watch.statistics()
+        return {"embedded": False, "outages": w.outages}
+    e = store.server.statistics()
+    return {"embedded": True, "server": e.state, "owner": e.owner, "restarts": e.restarts}
+
+
+def _database_samples(store: Store, watch: DatabaseWatch) -> list[tuple[str, str, str, float]]:
+    if store.server is None:
+        w = watch.statistics()
+        return [
+            ("gauge", "cinch_database_up", "1 while the database answers", int(w.reachable)),
+            (
+                "counter",
+                "cinch_database_outages",
+                "Times the database stopped answering",
+                w.outages,
+            ),
+        ]
+    e = store.server.statistics()
+    return [
+        ("gauge", "cinch_database_up", "1 while the embedded server runs", int(e.state == "up")),
+        (
+            "counter",
+            "cinch_database_restarts",
+            "Times the embedded server was started again after it died",
+            e.restarts,
+        ),
+    ]
 
 
 def _http_samples(stats: HttpStatistics) -> list[tuple[str, str, str, float]]:
