@@ -70,6 +70,7 @@ async def open_pools(
     cgroup_parent: str | None,
     images: Mapping[str, str] | None = None,
     sched_config: SchedulerConfig | None = None,
+    labels: dict[str, str] | None = None,
 ) -> AsyncIterator[Pools]:
     """Start the event watcher, the scheduler and the pools; on exit destroy every sandbox.
 
@@ -79,7 +80,11 @@ async def open_pools(
     """
     tags = dict(images) if images is not None else current_tags()
     backend = DockerBackend(
-        client, owner=owner, runtimes=config.runtimes(), cgroup_parent=cgroup_parent
+        client,
+        owner=owner,
+        runtimes=config.runtimes(),
+        cgroup_parent=cgroup_parent,
+        labels=labels,
     )
     live = LiveSandboxes(config.max_sandboxes)
     start_limiter = trio.CapacityLimiter(config.start_concurrency)

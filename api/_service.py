@@ -34,6 +34,7 @@ from ._database_watch import DatabaseWatch
 from ._http_limits import HttpLimits, HttpStatistics
 from ._http_limits import serve as http_serve
 from ._ledger import HEARTBEAT_S
+from ._leftovers import DATA_DIR_LABEL, remove_dead
 from ._pools import Pools, open_pools, sandbox_cgroup_parent
 from ._state import app_state
 from ._store import Store, StoreError
@@ -133,9 +134,16 @@ async def _serve_with_store(
         removed = await DockerBackend(client, owner=instance.id, runtimes={}).remove_leftovers()
         if removed:
             log.info("removed %d leftover sandboxes of instance %s", removed, instance.id)
+        for dead, n in (await remove_dead(client, exclude=instance.id)).items():
+            log.info("removed %d leftover sandboxes of dead instance %s", n, dead)
         languages_info = await _languages_info(client, tags, config.runtimes())
         async with open_pools(
-            config, client, owner=instance.id, cgroup_parent=cgroup_parent, images=tags
+            config,
+            client,
+            owner=instance.id,
+            cgroup_parent=cgroup_parent,
+            images=tags,
+            labels={DATA_DIR_LABEL: str(instance.data_dir.resolve())},
         ) as wired:
             await _serve_with_pools(
                 config,
