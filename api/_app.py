@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ._config import Config
 from ._errors import ApiError
 from ._health import bp as health_bp
+from ._http_limits import DrainBody
 from ._limits import FailureLimiter, KeyLimiter
 from ._metrics import Metrics
 from ._runs import bp as runs_bp
@@ -79,6 +80,8 @@ def create_app(
     )
     app.extensions["cinch"] = state
     app.asgi_app = _CountRequests(app.asgi_app, state)  # type: ignore[method-assign]
+    # Every answer consumes its request's body (or closes the connection).
+    app.asgi_app = DrainBody(app.asgi_app)  # type: ignore[method-assign]
     app.register_blueprint(runs_bp)
     app.register_blueprint(health_bp)
     for bp in blueprints:

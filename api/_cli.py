@@ -138,6 +138,37 @@ def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
     return int(_run(run_doctor, config))
 
 
+def cmd_cleanup(config: Config, args: argparse.Namespace) -> int:
+    from ._leftovers import remove_owner, survey
+
+    async def main(client: Any) -> int:
+        owners = await survey(client)
+        if args.owner:
+            named = [o for o in owners if o.id == args.owner]
+            if not named:
+                _say(f"no containers of {args.owner}")
+                return 0
+            if named[0].status == "alive":
+                raise CommandError(f"{args.owner} is alive ({named[0].reason}); stop it first")
+            owners = named
+        total = 0
+        for o in owners:
+            n = len(o.containers)
+            if o.status == "dead" or args.owner:
+                if args.dry_run:
+                    _say(f"would remove {n} container(s) of {o.id}: {o.reason}")
+                else:
+                    total += await remove_owner(client, o.id)
+                    _say(f"removed {n} container(s) of {o.id}: {o.reason}")
+            else:
+                _say(f"kept {n} container(s) of {o.id} ({o.status}: {o.reason})")
+        if not owners:
+            _say("no containers of other instances")
+        return 0
+
+    return int(_docker(config, main))
+
+
 # -- serving ------------------------------------------------------------------------------
 
 
@@ -568,6 +599,16 @@ def build_parser() -> argparse.ArgumentParser:
         "check every prerequisite and that the configured server answers",
         "One line per check: OK, FAIL (with the fix) or SKIP; exit status 1 if any failed.",
     )
+    p = _command(
+        sub,
+        "cleanup",
+        cmd_cleanup,
+        "remove the sandboxes of dead Cinch instances",
+        "An instance is dead when no process holds its data dir's lock; live instances' "
+        "sandboxes are never touched.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.add_argument("--owner", help="remove this instance id's sandboxes even if not proven dead")
     p = _command(sub, "serve", cmd_serve, "run the API with warm pools until Ctrl-C or SIGTERM")
     p.add_argument(
         "--local-key",

@@ -57,6 +57,9 @@ class Config:
     signup_credits: int = 10_000
     signups_per_ip_per_hour: int = 5
     shutdown_grace_s: float = 12.0
+    # slow and odd clients (api/_http_limits.py)
+    header_timeout_s: float = 5.0
+    max_connections_per_ip: int = 256
     # dashboard and payments
     payments: str = "none"  # none | dev | stripe
     credits_per_usd: int = 10_000
@@ -133,6 +136,8 @@ class Config:
         check(1 <= self.topup_min_usd <= self.topup_max_usd, "CINCH_TOPUP_MIN/MAX_USD out of order")
         check(self.secure_cookies in ("auto", "on", "off"), "CINCH_SECURE_COOKIES: auto, on or off")
         check(self.port >= 0, "CINCH_PORT must be >= 0")
+        check(self.header_timeout_s > 0, "CINCH_HEADER_TIMEOUT_S must be > 0")
+        check(self.max_connections_per_ip >= 1, "CINCH_MAX_CONNECTIONS_PER_IP must be >= 1")
 
     @property
     def base_url(self) -> str:

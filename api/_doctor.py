@@ -149,10 +149,24 @@ async def run_doctor(config: Config) -> int:
                 mismatches = await store.ledger_mismatches()
             finally:
                 await store.aclose()
-        where = "embedded (pgserver)" if not config.database_url else "CINCH_DATABASE_URL"
+        where = "embedded" if not config.database_url else "CINCH_DATABASE_URL"
         if mismatches:
             return "FAIL", f"{len(mismatches)} account(s) whose balance != sum of ledger"
         return "OK", f"PostgreSQL {version}, {where}, ledger balanced"
+
+    async def leftovers() -> tuple[str, str]:
+        from ._leftovers import survey
+
+        owners = await survey(client)
+        dead = [o for o in owners if o.status == "dead"]
+        unknown = [o for o in owners if o.status == "unknown"]
+        if dead:
+            n = sum(len(o.containers) for o in dead)
+            ids = ", ".join(o.id for o in dead)
+            return "FAIL", f"{n} sandbox(es) of dead instance(s) {ids}; run: cinch cleanup"
+        alive = len(owners) - len(unknown)
+        more = f"; {len(unknown)} of unknown owner(s), kept" if unknown else ""
+        return "OK", f"no sandboxes of dead instances ({alive} other live instance(s){more})"
 
     async def server() -> tuple[str, str]:
         url = f"{config.base_url}/healthz"
@@ -179,6 +193,8 @@ async def run_doctor(config: Config) -> int:
             await check("a sandbox starts", sandbox_starts)
             await check("ls / works inside", ls_works)
             await check("node 20 with ES modules", node_works)
+        if engine_ok:
+            await check("no sandboxes of dead instances", leftovers)
         else:
             for name in ("a sandbox starts", "ls / works inside", "node 20 with ES modules"):
                 results.append(("SKIP", name, "needs the engine and images"))

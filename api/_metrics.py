@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -125,6 +125,22 @@ class _PoolCollector(Collector):
         yield from (in_flight, queued, rejected, warm_hits, waited)
 
 
+# (kind, name, help, value): a sample read at scrape time; kind is "gauge" or "counter".
+Sample = tuple[str, str, str, float]
+
+
+class _SampleCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[Sample]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        for kind, name, help_text, value in self._source():
+            family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            metric = family(name, help_text)
+            metric.add_metric([], value)
+            yield metric
+
+
 class Metrics:
     """Every metric Cinch exports, on a registry of its own."""
 
@@ -168,6 +184,10 @@ class Metrics:
         )
         if scheduler is not None:
             r.register(_PoolCollector(scheduler))
+
+    def watch(self, source: Callable[[], Iterable[Sample]]) -> None:
+        """Export the samples ``source`` returns, read at every scrape."""
+        self.registry.register(_SampleCollector(source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -70,6 +70,7 @@ async def open_pools(
     cgroup_parent: str | None,
     images: Mapping[str, str] | None = None,
     sched_config: SchedulerConfig | None = None,
+    labels: dict[str, str] | None = None,
 ) -> AsyncIterator[Pools]:
     """Start the event watcher, the scheduler and the pools; on exit destroy every sandbox.
 
@@ -84,6 +85,7 @@ async def open_pools(
         runtimes=config.runtimes(),
         cgroup_parent=cgroup_parent,
         cpu_weights=config.cpu_weights,
+        labels=labels,
     )
     live = LiveSandboxes(config.max_sandboxes)
     start_limiter = trio.CapacityLimiter(config.start_slots())

@@ -37,7 +37,9 @@ LANGUAGE_ALIASES = {
     "nodejs": "javascript",
 }
 HOLD_STEP = 500  # credits held ahead of use, per half second
-SETTLE_BOUND_S = 10.0  # how long a finished run's charge is retried before giving up
+# How long a finished run's charge is retried before giving up: a database
+# restart (seconds) delays the answer instead of losing it.
+SETTLE_BOUND_S = 30.0
 BAD_BODY = 'the body must be a JSON object like {"code": "print(2 + 2)", "language": "python"}'
 
 
@@ -123,13 +125,17 @@ class HoldBudget:
 
     Returns how long the run is paid for: the run goes on while any held credit
     is unused, and stops only when nothing more is available.  When the
-    database cannot be reached, the run goes on within what it already holds.
+    database cannot be reached, the run goes on (up to its own deadline): a
+    blip is not the program's fault.  Its exact duration is charged when the
+    settlement gets through, capped by the account's free credits, so no
+    balance goes below zero.  Extensions are tried again every half second.
     """
 
     def __init__(self, ledger: RunLedger, hold_id: int, held: int) -> None:
         self._ledger = ledger
         self._hold_id = hold_id
         self.held = held
+        self.unreachable_checks = 0  # extensions that could not reach the database
 
     async def extend(self, elapsed_ms: int) -> int:
         ahead = self.held - elapsed_ms
@@ -141,10 +147,14 @@ class HoldBudget:
         try:
             new = await self._ledger.extend_hold(self._hold_id, add)
         except StoreError:
-            log.warning(
-                "hold %s: database unavailable; the run goes on within its hold", self._hold_id
-            )
-            return self.held
+            if not self.unreachable_checks:
+                log.warning(
+                    "hold %s: database unavailable; the run goes on, billed when it is back",
+                    self._hold_id,
+                )
+            self.unreachable_checks += 1
+            # Paid for until after the next check, which tries the database again.
+            return max(self.held, elapsed_ms + 2 * HOLD_STEP)
         if new is not None and new > self.held:
             self.held = new
         return self.held

@@ -16,7 +16,6 @@ from typing import Any
 import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from pool import (
     LANGUAGES,
@@ -31,7 +30,11 @@ from scheduler import Scheduler
 
 from ._app import create_app
 from ._config import Config
+from ._database_watch import DatabaseWatch
+from ._http_limits import HttpLimits, HttpStatistics
+from ._http_limits import serve as http_serve
 from ._ledger import HEARTBEAT_S
+from ._leftovers import DATA_DIR_LABEL, remove_dead
 from ._pools import Pools, open_pools, sandbox_cgroup_parent
 from ._state import app_state
 from ._store import Store, StoreError
@@ -131,9 +134,16 @@ async def _serve_with_store(
         removed = await DockerBackend(client, owner=instance.id, runtimes={}).remove_leftovers()
         if removed:
             log.info("removed %d leftover sandboxes of instance %s", removed, instance.id)
+        for dead, n in (await remove_dead(client, exclude=instance.id)).items():
+            log.info("removed %d leftover sandboxes of dead instance %s", n, dead)
         languages_info = await _languages_info(client, tags, config.runtimes())
         async with open_pools(
-            config, client, owner=instance.id, cgroup_parent=cgroup_parent, images=tags
+            config,
+            client,
+            owner=instance.id,
+            cgroup_parent=cgroup_parent,
+            images=tags,
+            labels={DATA_DIR_LABEL: str(instance.data_dir.resolve())},
         ) as wired:
             await _serve_with_pools(
                 config,
@@ -163,6 +173,8 @@ async def _serve_with_pools(
 ) -> None:
     scheduler, backend = wired.scheduler, wired.backend
 
+    watch = DatabaseWatch(store)
+
     async def readiness() -> dict[str, Any]:
         checks: dict[str, Any] = {}
         try:
@@ -171,6 +183,7 @@ async def _serve_with_pools(
             checks["database"] = {"ok": True}
         except (StoreError, trio.TooSlowError) as exc:
             checks["database"] = {"ok": False, "error": str(exc) or "timeout"}
+        checks["database"].update(_database_facts(store, watch))
         try:
             with trio.fail_after(2):
                 await client.ping()
@@ -212,12 +225,25 @@ async def _serve_with_pools(
     # Hypercorn stops listening only after the drain: until then a new request is
     # answered 503 with Retry-After, not refused at the socket.
     stop_listening = trio.Event()
+    limits = HttpLimits(config.header_timeout_s, config.max_connections_per_ip)
+    http_stats = HttpStatistics()
+    app_state(app).metrics.watch(lambda: _http_samples(http_stats))
+    app_state(app).metrics.watch(lambda: _database_samples(store, watch))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_housekeeping, store)
+        if store.server is not None:
+            await nursery.start(store.server.supervise)
+        else:
+            await nursery.start(watch.run)
         bound = await nursery.start(
-            lambda task_status: hypercorn_serve(
-                app, hc, shutdown_trigger=stop_listening.wait, task_status=task_status
+            lambda task_status: http_serve(
+                app,
+                hc,
+                limits,
+                stats=http_stats,
+                shutdown_trigger=stop_listening.wait,
+                task_status=task_status,
             )
         )
         base_url = _base_url(config, bound)
@@ -247,6 +273,57 @@ async def _serve_with_pools(
                 log.warning("could not mark this instance stopped: %s", exc)
         log.info("answers sent; destroying pools")
         nursery.cancel_scope.cancel()
+
+
+def _database_facts(store: Store, watch: DatabaseWatch) -> dict[str, Any]:
+    """What /readyz says about the database besides "it answered"."""
+    if store.server is None:
+        w = watch.statistics()
+        return {"embedded": False, "outages": w.outages}
+    e = store.server.statistics()
+    return {"embedded": True, "server": e.state, "owner": e.owner, "restarts": e.restarts}
+
+
+def _database_samples(store: Store, watch: DatabaseWatch) -> list[tuple[str, str, str, float]]:
+    if store.server is None:
+        w = watch.statistics()
+        return [
+            ("gauge", "cinch_database_up", "1 while the database answers", int(w.reachable)),
+            (
+                "counter",
+                "cinch_database_outages",
+                "Times the database stopped answering",
+                w.outages,
+            ),
+        ]
+    e = store.server.statistics()
+    return [
+        ("gauge", "cinch_database_up", "1 while the embedded server runs", int(e.state == "up")),
+        (
+            "counter",
+            "cinch_database_restarts",
+            "Times the embedded server was started again after it died",
+            e.restarts,
+        ),
+    ]
+
+
+def _http_samples(stats: HttpStatistics) -> list[tuple[str, str, str, float]]:
+    return [
+        ("gauge", "cinch_http_connections_open", "Open client connections", stats.open_connections),
+        (
+            "counter",
+            "cinch_http_header_timeouts",
+            "Connections cut: request not received in time",
+            stats.header_timeouts_total,
+        ),
+        (
+            "counter",
+            "cinch_http_connections_refused",
+            "Connections refused: too many from one address",
+            stats.refused_per_ip_total,
+        ),
+    ]
 
 
 def _base_url(config: Config, bound: Any) -> str:

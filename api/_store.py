@@ -8,7 +8,7 @@
           ── CreditRecords    grants, balances, invariant    _ledger.py
           └─ .ledger          RunLedger: a run's money path  _ledger.py
     Database: the pool, migrations, error mapping            _database.py
-    start_embedded: pgserver when no URL is configured       _embedded.py
+    EmbeddedPostgres: our own server when no URL is given    _embedded.py
 
 These modules are the only ones that speak SQL.
 """
@@ -16,14 +16,13 @@ These modules are the only ones that speak SQL.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import trio
 
 from ._accounts import AccountRecords, SignupLimited
 from ._database import Database, NotFoundError, StoreError, connect_pool
-from ._embedded import start_embedded
+from ._embedded import EmbeddedPostgres
 from ._keys import KEY_PREFIX, KeyRecords, hash_key, new_api_key
 from ._ledger import CreditRecords, RunLedger
 from ._payment_records import PaymentRecords
@@ -43,7 +42,9 @@ __all__ = [
 class Store(KeyRecords, AccountRecords, PaymentRecords, CreditRecords):
     """Every table of one instance's database; ``ledger`` is the run money path."""
 
-    def __init__(self, pool: asyncpg.Pool, instance_id: str, server: Any = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, instance_id: str, server: EmbeddedPostgres | None = None
+    ) -> None:
         super().__init__(pool)
         self.instance_id = instance_id
         self.server = server
@@ -54,9 +55,28 @@ class Store(KeyRecords, AccountRecords, PaymentRecords, CreditRecords):
         """Connect (starting the embedded server when no URL is given), migrate, register."""
         server = None
         if not database_url:
-            database_url, server = await trio.to_thread.run_sync(start_embedded, data_dir)
-        pool = await connect_pool(database_url)
-        store = cls(pool, instance_id, server)
-        await store.migrate()
-        await store.ledger.register_instance()
+            server = EmbeddedPostgres(data_dir)
+            try:
+                database_url = await trio.to_thread.run_sync(server.open)
+            except OSError as exc:
+                raise StoreError(f"cannot start the embedded database: {exc}") from exc
+        try:
+            pool = await connect_pool(database_url)
+            store = cls(pool, instance_id, server)
+            await store.migrate()
+            await store.ledger.register_instance()
+        except BaseException:
+            if server is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(server.close)
+            raise
         return store
+
+    async def aclose(self) -> None:
+        """Close the pool; stop the embedded server if this process owns it."""
+        try:
+            await super().aclose()
+        finally:
+            if self.server is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.server.close)

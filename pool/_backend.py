@@ -147,9 +147,11 @@ class DockerBackend:
         limits: SandboxLimits | None = None,
         cgroup_parent: str | None = None,
         cpu_weights: bool = True,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.client = client
         self.owner = owner
+        self.labels = dict(labels or {})  # more labels on every container (cinch.data-dir)
         self.runtimes = runtimes
         self.limits = limits or SandboxLimits()
         self.cgroup_parent = cgroup_parent
@@ -283,6 +285,7 @@ class DockerBackend:
             owner=self.owner,
             limits=self.limits,
             cgroup_parent=self.cgroup_parent,
+            extra_labels=self.labels,
         )
         # Shielded (the client's own time-out bounds it): cancelled mid-request, the
         # container would exist with no id to remove it by.

@@ -356,7 +356,9 @@ async def test_hold_budget_pays_what_is_left_and_rides_out_a_database_blip():
     budget = HoldBudget(ledger, 1, 500)  # type: ignore[arg-type]
     assert await budget.extend(500) == 751  # only 251 more were available
     assert await budget.extend(751) == 751  # nothing more: the run stops at 751 ms
-    assert await budget.extend(751) == 751  # database down: go on within the hold
+    # Database down: the run goes on, paid until after the next check (billed later).
+    assert await budget.extend(751) == 751 + 1000
+    assert budget.unreachable_checks == 1
     assert await budget.extend(760) == 2000
     assert await budget.extend(900) == 2000  # far enough ahead: no call
     assert len(ledger.asked) == 4
