@@ -35,13 +35,19 @@ def wants_stream(accept: Any) -> bool:
     return any(value == EVENT_STREAM and quality > 0 for value, quality in accept)
 
 
+# Not line breaks in SSE, but str.splitlines() and some readers split on them:
+# escaped (as JSON allows), a client that splits lines naively still gets whole events.
+_LINE_LIKE = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def encode_event(event: str, data: dict[str, Any]) -> bytes:
     """One event; JSON never holds a raw newline, so ``data`` is a single line."""
     try:
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        raw = text.translate(_LINE_LIKE).encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(data, separators=(",", ":")).encode("ascii")
-    return b"event: " + event.encode("ascii") + b"\ndata: " + text + b"\n\n"
+        raw = json.dumps(data, separators=(",", ":")).encode("ascii")
+    return b"event: " + event.encode("ascii") + b"\ndata: " + raw + b"\n\n"
 
 
 def open_event_channel() -> tuple[
