@@ -142,14 +142,15 @@ def owner_containers(server: LiveServer) -> set[str]:
 POOLS = 4  # the server's two warm pools of 2
 
 
-async def settled_containers(server: LiveServer) -> set[str]:
-    """The server's containers once earlier runs' sandboxes are gone and the pools full."""
-    for _ in range(100):
+async def settled_containers(server: LiveServer, gone_from: set[str] | None = None) -> set[str]:
+    """The server's containers once earlier runs' sandboxes are gone and the pools
+    full (and, with ``gone_from``, once one of those is gone: the run's own)."""
+    for _ in range(300):
         found = owner_containers(server)
-        if len(found) == POOLS:
+        if len(found) == POOLS and (gone_from is None or gone_from - found):
             return found
         await trio.sleep(0.1)
-    raise AssertionError(f"{len(found)} containers, not the pools' {POOLS}, after 10 s")
+    raise AssertionError(f"{len(found)} containers, not the pools' {POOLS}, after 30 s")
 
 
 def text_of(seen: list[Seen], stream: str) -> str:
@@ -264,7 +265,7 @@ async def test_hanging_up_stops_the_run_charges_what_it_used_and_removes_its_san
     assert [r["amount"] for r in charge] == [-row["credits_charged"]]
     # Its sandbox is gone: the one container taken from the warm pool was removed
     # (the pool's others stay, and replacements are new ids).
-    after = await settled_containers(server)
+    after = await settled_containers(server, gone_from=before)
     assert len(before - after) == 1
 
 
