@@ -20,6 +20,34 @@ def _error(description: str, retry: bool = False) -> dict[str, Any]:
     return response
 
 
+# OpenAPI 3.1 has no schema for a sequence of events: the stream is described in
+# words, and each event's data in the 3.2 style (itemSchema) as an extension.
+_EVENT_STREAM: dict[str, Any] = {
+    "description": "Sent when the request has `Accept: text/event-stream`. Server-sent events "
+    "as the program runs: `stdout` and `stderr` (data `{\"text\": ...}`, in the order written, "
+    "never splitting a character, together at most the 1 MB output cap), then one `result` "
+    "(data: the RunResult object, with stdout and stderr in full) and the stream ends; or "
+    "`error` (data: an Error object) if the run fails on our side after the stream began. "
+    "Errors before the run starts are JSON with their status, as without streaming. "
+    "Closing the connection stops the run: it is charged for what it used.",
+    "schema": {"type": "string"},
+    "x-events": {
+        "stdout": {
+            "type": "object",
+            "required": ["text"],
+            "properties": {"text": {"type": "string"}},
+        },
+        "stderr": {
+            "type": "object",
+            "required": ["text"],
+            "properties": {"text": {"type": "string"}},
+        },
+        "result": {"$ref": "#/components/schemas/RunResult"},
+        "error": {"$ref": "#/components/schemas/Error"},
+    },
+}
+
+
 def openapi_document(config: Config) -> dict[str, Any]:
     run_result = {
         "type": "object",
@@ -45,7 +73,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "output_limit",
                     "credit_limit",
                     "sandbox_error",
+                    "cancelled",
                 ],
+                "description": "cancelled: a streaming client hung up, so the run was stopped "
+                "(and charged for what it used).",
             },
             "signal": {"type": ["string", "null"]},
             "truncated": {"type": "boolean"},
@@ -134,7 +165,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             "content": {
                                 "application/json": {
                                     "schema": {"$ref": "#/components/schemas/RunResult"}
-                                }
+                                },
+                                "text/event-stream": _EVENT_STREAM,
                             },
                         },
                         "400": _error("The body is not valid"),

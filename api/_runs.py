@@ -10,10 +10,10 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, current_app, g, request
 
 from scheduler import NoCapacity, RunRequest, RunResult, ShuttingDown
 
@@ -23,6 +23,18 @@ from ._ledger import Begin, Idempotency, RunLedger, RunOutcome, RunStart, Settle
 from ._limits import Decision
 from ._state import AppState, app_state
 from ._store import StoreError
+from ._stream import (
+    StartedOnce,
+    event_body,
+    open_event_channel,
+    send_event_nowait,
+    single_event_response,
+    stream_response,
+    wants_stream,
+)
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
 
 log = logging.getLogger("cinch.api")
 bp = Blueprint("runs", __name__)
@@ -244,6 +256,12 @@ class _Slot:
                 raise _rate_limited(self._state, decision)
             self.decision = decision
 
+    def detach(self) -> _Slot:
+        """Hand this place over (to a streamed run's task, which releases it)."""
+        other = _Slot(self._state, self._key_hash)
+        other.decision, self.decision = self.decision, None
+        return other
+
     def release(self) -> None:
         if self.decision is not None:
             self._state.limiter.release(self._key_hash)
@@ -323,6 +341,8 @@ async def _run(
     assert start.account_id is not None
     account_id = start.account_id
     settled = False
+    streaming = wants_stream(request.accept_mimetypes)
+    handed_over = False  # a streamed run's task settles it and frees its claim
     try:
         slot.take()
         if start.status is Begin.CONFLICT:
@@ -331,16 +351,15 @@ async def _run(
             )
         if start.status is Begin.REPLAY:
             assert start.replay_body is not None
-            return json_response(
-                start.replay_body,
-                start.replay_status or 200,
-                {
-                    "X-Request-Id": run_id,
-                    "X-Credits-Remaining": str(max(0, start.available)),
-                    "Idempotent-Replayed": "true",
-                    **slot.headers(),
-                },
-            )
+            replay_headers = {
+                "X-Request-Id": run_id,
+                "X-Credits-Remaining": str(max(0, start.available)),
+                "Idempotent-Replayed": "true",
+                **slot.headers(),
+            }
+            if streaming and (start.replay_status or 200) == 200:
+                return single_event_response("result", start.replay_body, replay_headers)
+            return json_response(start.replay_body, start.replay_status or 200, replay_headers)
         if start.status is Begin.NO_CREDITS:
             raise ApiError(
                 402,
@@ -359,6 +378,10 @@ async def _run(
             tenant=str(account_id),
         )
         budget = HoldBudget(ledger, start.hold_id, start.hold_amount)
+        if streaming:
+            response = await _start_stream(state, slot, start, run_request, budget, idem)
+            settled = handed_over = True
+            return response
         # A client that hangs up does not stop the run or its bill: the run is
         # bounded by its own limits, and finishing it is what makes it paid for.
         with trio.CancelScope(shield=True):
@@ -396,8 +419,111 @@ async def _run(
     finally:
         if not settled and start.status is Begin.OK:
             await _abort(state, run_id)
-        if idem is not None:
+        if idem is not None and not handed_over:
             state.notify_idempotency(account_id, idem.key)
+
+
+def _no_sandbox(exc: NoCapacity | ShuttingDown) -> ApiError:
+    retry = getattr(exc, "retry_after_s", 2.0)
+    return ApiError(
+        503,
+        f"no sandbox available right now: {exc}",
+        headers={"Retry-After": str(max(1, round(retry)))},
+    )
+
+
+async def _start_stream(
+    state: AppState,
+    slot: _Slot,
+    start: RunStart,
+    run_request: RunRequest,
+    budget: HoldBudget,
+    idem: Idempotency | None,
+) -> Response:
+    """Admit the run as one-shot would (its errors are plain JSON), then stream it.
+
+    The run goes on in a task of the app's nursery, which from its start owns
+    the key's slot, the settlement and the idempotency claim; the response only
+    reads its events.  A client that hangs up stops the run (``cancelled``):
+    charged for what it used, its sandbox destroyed as always.
+    """
+    run_id = run_request.request_id
+    send, receive = open_event_channel()
+    stop = trio.Event()
+    scope = trio.CancelScope()
+    owned: list[_Slot] = []
+
+    def on_output(stream: str, text: str) -> None:
+        send_event_nowait(send, stream, {"text": text})
+
+    def take_over() -> None:
+        # Started: from now on, only `stop` ends the run (as one-shot, it is
+        # shielded from cancellation: finishing it is what makes it paid for).
+        scope.shield = True
+        owned.append(slot.detach())
+
+    async def drive(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        status = StartedOnce(task_status, take_over)
+        result: RunResult | None = None
+        with scope:
+            try:
+                result = await state.scheduler.run(
+                    run_request, budget, on_output=on_output, stop=stop, task_status=status
+                )
+            except Exception:
+                if not status.done:
+                    raise
+                log.exception("request %s: the streamed run failed", run_id)
+        with trio.CancelScope(shield=True):
+            try:
+                await _settle_stream(state, start, idem, run_id, result, send)
+            finally:
+                owned[0].release()
+                if idem is not None and start.account_id is not None:
+                    state.notify_idempotency(start.account_id, idem.key)
+                send.close()
+
+    headers = {
+        "X-Request-Id": run_id,
+        "X-Credits-Remaining": str(max(0, start.available)),
+        **slot.headers(),
+    }
+    try:
+        await cast("QuartTrio", current_app).nursery.start(drive)
+    except (NoCapacity, ShuttingDown) as exc:
+        raise _no_sandbox(exc) from None
+    return stream_response(event_body(receive, stop.set), headers)
+
+
+async def _settle_stream(
+    state: AppState,
+    start: RunStart,
+    idem: Idempotency | None,
+    run_id: str,
+    result: RunResult | None,
+    send: trio.MemorySendChannel[tuple[str, dict[str, Any]]],
+) -> None:
+    """Charge a streamed run once and send its ``result`` (or an ``error``)."""
+    if result is None:
+        await _abort(state, run_id)
+        message = f"internal error; quote request id {run_id} when reporting it"
+        send_event_nowait(send, "error", {"error": message})
+        return
+    body = result_body(result)
+    try:
+        settlement = await _finish(state, start, run_id, idem, result, body)
+    except ApiError as exc:
+        await _abort(state, run_id)
+        send_event_nowait(send, "error", {"error": exc.message})
+        return
+    metrics = state.metrics
+    metrics.runs.labels(result.language, result.termination.value).inc()
+    metrics.run_duration.labels(result.language).observe(result.duration_ms / 1000)
+    metrics.queue_wait.labels(result.language).observe(result.queue_ms / 1000)
+    if settlement.first:
+        metrics.credits_charged.inc(settlement.charged)
+    body["creditsCharged"] = settlement.charged
+    send_event_nowait(send, "result", body)
 
 
 async def _begin(

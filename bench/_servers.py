@@ -55,10 +55,11 @@ class OwnServer:
             return ""
 
 
-def _cli(env: dict[str, str], *args: str) -> str:
+def _cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "api", *args],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=180,
@@ -78,8 +79,12 @@ def start_server(
     database_url: str = "",
     extra_env: dict[str, str] | None = None,
     extra_accounts: int = 0,
+    cwd: Path | None = None,
 ) -> OwnServer:
-    """Make an account and key (and ``extra_accounts`` more, a key each), then serve."""
+    """Make an account and key (and ``extra_accounts`` more, a key each), then serve.
+
+    ``cwd``: the checkout whose server runs (default: this process's directory).
+    """
     data_dir = workdir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -101,8 +106,8 @@ def start_server(
         }
     )
     email = f"bench-{name}@localhost"
-    _cli(env, "account", "create", email, "--credits", str(BENCH_CREDITS))
-    out = _cli(env, "key", "create", email, "--name", "bench")
+    _cli(env, "account", "create", email, "--credits", str(BENCH_CREDITS), cwd=cwd)
+    out = _cli(env, "key", "create", email, "--name", "bench", cwd=cwd)
     key = next((w for w in out.split() if w.startswith("cinch_live_")), "")
     if not key:
         raise RuntimeError(f"no key in `cinch key create` output: {out!r}")
@@ -120,6 +125,7 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            cwd=cwd,
         )
     server = OwnServer(
         name, f"http://127.0.0.1:{port}", key, data_dir, env, process, log_path, extra_keys

@@ -108,9 +108,11 @@ class DockerSandbox:
         """False when the idle sandbox has already ended (engine restart, killed)."""
         return not self._pending and not self._stream.readable_nowait()
 
-    async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
+    async def send_run(
+        self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int, *, streamed: bool = False
+    ) -> None:
         self._nonce = nonce
-        await self._stream.send_all(encode_run(nonce, output_limit, code, stdin))
+        await self._stream.send_all(encode_run(nonce, output_limit, code, stdin, streamed=streamed))
 
     async def send_signal(self, signo: int) -> None:
         try:

@@ -60,9 +60,13 @@ class DeathInfo:
 Event = Output | Exited | Gone
 
 
-def encode_run(nonce: bytes, output_limit: int, code: bytes, stdin: bytes) -> bytes:
+def encode_run(
+    nonce: bytes, output_limit: int, code: bytes, stdin: bytes, *, streamed: bool = False
+) -> bytes:
+    """A run frame: ``R``, or ``S`` for a streamed run (the program's stdout is then
+    line-buffered, so output leaves as it is printed rather than at the end)."""
     payload = nonce + struct.pack(">II", output_limit, len(code)) + code + stdin
-    return b"R" + struct.pack(">I", len(payload)) + payload
+    return (b"S" if streamed else b"R") + struct.pack(">I", len(payload)) + payload
 
 
 def encode_signal(signo: int) -> bytes:
@@ -115,8 +119,14 @@ class Sandbox(Protocol):
     def alive_nowait(self) -> bool:
         """Whether an idle (ready) sandbox still looks alive; never blocks."""
 
-    async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
-        """Hand the program to the waiting supervisor."""
+    async def send_run(
+        self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int, *, streamed: bool = False
+    ) -> None:
+        """Hand the program to the waiting supervisor.
+
+        ``streamed``: someone reads the output as it comes, so the program's own
+        stdout buffer is flushed at each line (one write per line: not for one-shot runs).
+        """
 
     async def send_signal(self, signo: int) -> None:
         """Signal the program's whole process group."""

@@ -40,17 +40,21 @@ class FakeSandbox:
     _ignore_int: bool = False
     stdin: bytes = b""
     running: bool = False  # given the running CPU weight by a take
+    streamed: bool = False
 
     dead: bool = False
 
     def alive_nowait(self) -> bool:
         return not self.destroyed and not self.dead
 
-    async def send_run(self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int) -> None:
+    async def send_run(
+        self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int, *, streamed: bool = False
+    ) -> None:
         assert not self.paused, "run sent to a paused sandbox"
         assert not self.destroyed
         self._steps = [s for s in code.decode().split(";") if s]
         self.stdin = stdin
+        self.streamed = streamed
 
     async def send_signal(self, signo: int) -> None:
         self._signals.append(signo)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def _complete_utf8_prefix(data: bytes) -> bytes:
     """``data`` without a trailing incomplete UTF-8 sequence (cut at a byte limit)."""
@@ -31,13 +33,20 @@ class OutputCollector:
     :meth:`add` returns False once the limit is passed: the run must stop.  The
     stream that crossed the limit is cut at it, and the cut moved back before an
     incomplete UTF-8 sequence, so a character is never split in half.
+
+    With ``on_text``, each stream's kept bytes are also decoded as they come and
+    handed over as text (``on_text(stream, text)``): never half a character,
+    and all of it together, once :meth:`finish` has flushed the last incomplete
+    sequence, exactly what :meth:`decode` returns.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_text: Callable[[str, str], None] | None = None) -> None:
         self.limit = limit
         self.total = 0
         self.truncated = False
         self._data: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        self._on_text = on_text
+        self._sent = {name: 0 for name in self._data}  # bytes handed over as text
 
     def add(self, stream: str, data: bytes) -> bool:
         if self.truncated:
@@ -54,10 +63,33 @@ class OutputCollector:
                 del buf[-dropped:]
             self.total += room - dropped
             self.truncated = True
+            self._emit(stream, final=True)
             return False
         buf += data
         self.total += len(data)
+        self._emit(stream, final=False)
         return True
+
+    def finish(self) -> None:
+        """Hand over what is left of each stream (a trailing incomplete sequence)."""
+        for stream in self._data:
+            self._emit(stream, final=True)
+
+    def _emit(self, stream: str, *, final: bool) -> None:
+        if self._on_text is None:
+            return
+        buf = self._data[stream]
+        end = len(buf)
+        if not final:
+            # Hold back a trailing incomplete sequence: the next chunk completes it,
+            # or the cut drops it (the same test as the cut's, so the cut never
+            # falls before what was handed over).
+            tail = bytes(buf[-4:])
+            end -= len(tail) - len(_complete_utf8_prefix(tail))
+        start = self._sent[stream]
+        if end > start:
+            self._sent[stream] = end
+            self._on_text(stream, bytes(buf[start:end]).decode("utf-8", "replace"))
 
     def decode(self) -> tuple[str, str]:
         return (

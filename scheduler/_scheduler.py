@@ -7,7 +7,7 @@ import math
 import os
 import signal as signal_mod
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,8 +177,23 @@ class Scheduler:
         """Return once no run is in flight."""
         await self._idle.wait()
 
-    async def run(self, request: RunRequest, budget: Budget | None = None) -> RunResult:
+    async def run(
+        self,
+        request: RunRequest,
+        budget: Budget | None = None,
+        *,
+        on_output: Callable[[str, str], None] | None = None,
+        stop: trio.Event | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> RunResult:
         """Run ``request`` in a fresh sandbox and destroy it afterwards, whatever happens.
+
+        A streamed run passes ``on_output(stream, text)``: called with each piece
+        of output as it arrives, within the same cap as the result and never
+        splitting a character (``stream`` is ``"stdout"`` or ``"stderr"``).  Setting
+        ``stop`` ends the run at once (``cancelled``; charged up to then).
+        ``task_status.started()`` is called once the run has its sandbox, so
+        ``await nursery.start(...)`` raises the admission errors below.
 
         Raises:
             UnknownLanguage: no pool for ``request.language``.
@@ -201,7 +216,10 @@ class Scheduler:
         self._in_flight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
-            result = await self._execute(pool, sandbox, request, budget, queue_ms)
+            task_status.started()
+            result = await self._execute(
+                pool, sandbox, request, budget, queue_ms, on_output=on_output, stop=stop
+            )
         finally:
             self._destroy_later(pool, sandbox)
             self._in_flight -= 1
@@ -310,9 +328,12 @@ class Scheduler:
         request: RunRequest,
         budget: Budget | None,
         queue_ms: int,
+        *,
+        on_output: Callable[[str, str], None] | None = None,
+        stop: trio.Event | None = None,
     ) -> RunResult:
         timeout_s = min(request.timeout_s, self.config.max_run_timeout_s)
-        collector = OutputCollector(request.output_limit_bytes)
+        collector = OutputCollector(request.output_limit_bytes, on_output)
         state = _RunState()
         nonce = os.urandom(16)
         code = request.code.encode("utf-8", "surrogatepass")
@@ -321,12 +342,16 @@ class Scheduler:
         end: Exited | Gone | None = None
         engine_lost = False
         try:
-            await sandbox.send_run(code, stdin, nonce, request.output_limit_bytes)
+            await sandbox.send_run(
+                code, stdin, nonce, request.output_limit_bytes, streamed=on_output is not None
+            )
             async with trio.open_nursery() as nursery:
                 state.scope = nursery.cancel_scope
                 nursery.start_soon(self._enforce_deadline, sandbox, state, t0 + timeout_s)
                 if budget is not None:
                     nursery.start_soon(self._enforce_budget, sandbox, state, budget, t0)
+                if stop is not None:
+                    nursery.start_soon(self._enforce_stop, sandbox, state, stop)
                 end = await self._read_until_end(sandbox, collector, state)
                 nursery.cancel_scope.cancel()
         except EngineUnavailable as exc:
@@ -339,6 +364,7 @@ class Scheduler:
             grace = SIGINT_GRACE_S if state.stopped is Termination.TIMEOUT else 0.0
             t_end = min(t_end, state.kill_sent_at + grace)
         duration_ms = max(0, round((t_end - t0) * 1000))
+        collector.finish()
         stdout, stderr = collector.decode()
         termination, exit_code, signame, billable = await self._classify(
             sandbox, state, end, engine_lost, collector.truncated
@@ -384,6 +410,12 @@ class Scheduler:
         if state.stopped is None:
             state.stopped = Termination.TIMEOUT
         await self._kill(sandbox, state, graceful=state.stopped is Termination.TIMEOUT)
+
+    async def _enforce_stop(self, sandbox: Sandbox, state: _RunState, stop: trio.Event) -> None:
+        await stop.wait()
+        if state.stopped is None:
+            state.stopped = Termination.CANCELLED
+            await self._kill(sandbox, state, graceful=False)
 
     async def _kill(self, sandbox: Sandbox, state: _RunState, *, graceful: bool) -> None:
         """SIGINT (if graceful), then SIGKILL; give up on the sandbox if it stays silent."""

@@ -19,6 +19,8 @@ class Termination(StrEnum):
     OUTPUT_LIMIT = "output_limit"
     CREDIT_LIMIT = "credit_limit"
     SANDBOX_ERROR = "sandbox_error"
+    # The caller stopped the run (a streaming client hung up): charged like any stop.
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)

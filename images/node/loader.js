@@ -93,7 +93,8 @@ function runProgram() {
     }
     if (n === 0) process.reallyExit(70); // the supervisor is gone
     got += n;
-    if (want === 4 && got >= 4) want = 4 + buf.readUInt32BE(0);
+    // The top bit marks a streamed run; Node writes each line at once anyway.
+    if (want === 4 && got >= 4) want = 4 + (buf.readUInt32BE(0) & 0x7fffffff);
   }
   fs.closeSync(CODE_FD);
   process.on("uncaughtExceptionMonitor", onUncaught);

@@ -162,21 +162,29 @@ def _write_all(fd, data):
 _CODE_BUF = bytearray(1 << 16)
 
 
+STREAMED = 0x80000000  # the length's top bit: the host reads output as it comes
+
+
 def _receive_code():
-    """u32 length + code from fd 4: one read, usually (each syscall is costly in gVisor)."""
+    """u32 length + code from fd 4: one read, usually (each syscall is costly in gVisor).
+
+    Returns ``(code, streamed)``.
+    """
     view = memoryview(_CODE_BUF)
     got = 0
     want = 4
+    word = 0
     while got < want:
         n = os.readv(4, [view[got:]])
         if n == 0:
             os._exit(70)  # the supervisor is gone: nothing to run, nobody to tell
         got += n
         if want == 4 and got >= 4:
-            want = 4 + int.from_bytes(_CODE_BUF[:4], "big")
+            word = int.from_bytes(_CODE_BUF[:4], "big")
+            want = 4 + (word & ~STREAMED)
             if want > len(_CODE_BUF):
-                return bytes(_CODE_BUF[4:got]) + _read_rest(want - got)
-    return bytes(view[4:want])
+                return bytes(_CODE_BUF[4:got]) + _read_rest(want - got), bool(word & STREAMED)
+    return bytes(view[4:want]), bool(word & STREAMED)
 
 
 def _read_rest(n):
@@ -190,7 +198,11 @@ def _read_rest(n):
     return b"".join(parts)
 
 
-def _run(source):
+def _run(source, streamed):
+    if streamed:
+        # Someone watches the output as it comes: flush at each line, as a
+        # terminal would (a one-shot run keeps the block buffer and its tail).
+        _STDOUT.reconfigure(line_buffering=True)
     main = types.ModuleType("__main__")
     main.__file__ = PATH
     main.__cached__ = None
@@ -228,4 +240,4 @@ exec(
 os.set_inheritable(3, False)
 os.set_inheritable(4, False)
 os.write(3, b"r")
-_run(_receive_code())
+_run(*_receive_code())

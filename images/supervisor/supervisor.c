@@ -11,6 +11,8 @@
  *
  * host -> supervisor (fd 0, the attached stdin)
  *   'R' run:    nonce[16] | u32 output_limit | u32 code_len | code | stdin
+ *   'S' streamed run: the same; the host reads output as it comes, so the
+ *               loader is told to flush the program's stdout at each line
  *   'K' signal: u8 signo   (sent to the program's whole process group)
  *
  * supervisor -> host (fd 1, the attached stdout)
@@ -28,7 +30,8 @@
  *   report, waitpid decides.
  *
  * supervisor -> loader (fd 4 in the loader, the code pipe)
- *   u32 code_len | code, written once the program file exists: it is the
+ *   u32 code_len | code, written once the program file exists (the length's top
+ *   bit set for a streamed run, which the loader strips): it is the
  *   loader's signal to go, and the Python loader compiles these bytes instead
  *   of reading the file back (three syscalls fewer on the hot path).  The
  *   program's stdin (fd 0) carries only the program's stdin.
@@ -260,7 +263,9 @@ int main(int argc, char **argv) {
         have += (size_t)more;
     }
     uint32_t len = be32(first + 1);
-    if (first[0] != 'R' || len < 24 || len > MAX_RUN_FRAME) fail("bad run frame");
+    if ((first[0] != 'R' && first[0] != 'S') || len < 24 || len > MAX_RUN_FRAME)
+        fail("bad run frame");
+    uint32_t streamed = first[0] == 'S' ? 0x80000000u : 0; /* MAX_RUN_FRAME < 2^31 */
     size_t in_first = have - 5 < len ? have - 5 : len;
     unsigned char *frame = first + 5; /* no allocation when it fits (usually) */
     if (in_first < len) {
@@ -286,7 +291,8 @@ int main(int argc, char **argv) {
 
     /* The code (the loader's go), then the program's stdin, then EOF.  The code
        pipe stays open: closing it is one more syscall on the hot path. */
-    unsigned char clen[4] = {code_len >> 24, code_len >> 16, code_len >> 8, code_len};
+    uint32_t cword = code_len | streamed;
+    unsigned char clen[4] = {cword >> 24, cword >> 16, cword >> 8, cword};
     struct iovec civ[2] = {{clen, 4}, {(void *)code, code_len}};
     ssize_t cw = writev(code_p[1], civ, 2);
     if (cw < 0) fail("loader is gone");

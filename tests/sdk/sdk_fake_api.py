@@ -18,6 +18,10 @@ class Reply:
     body: dict[str, Any] | str = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # A stream instead of ``body``: each ``(name, data)`` one server-sent event,
+    # ``gap`` seconds apart.
+    events: list[tuple[str, Any]] | None = None
+    gap: float = 0.0
 
 
 @dataclass
@@ -40,6 +44,7 @@ class ScriptedServer:
     def __init__(self) -> None:
         self.replies: list[Reply] = []
         self.requests: list[Recorded] = []
+        self.hung_up = False  # a client closed a stream before its end
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -95,6 +100,9 @@ class ScriptedServer:
                 )
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.events is not None:
+                    self._stream(reply)
+                    return
                 if isinstance(reply.body, str):
                     payload, ctype = reply.body.encode(), "text/plain"
                 else:
@@ -109,6 +117,23 @@ class ScriptedServer:
                     self.wfile.write(payload)
                 except OSError:  # the client gave up (timeout tests)
                     self.close_connection = True
+
+            def _stream(self, reply: Reply) -> None:
+                self.close_connection = True  # no length: the body ends with the connection
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    for name, data in reply.events or []:
+                        self.wfile.write(
+                            f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                        )
+                        self.wfile.flush()
+                        time.sleep(reply.gap)
+                except OSError:
+                    server.hung_up = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -16,5 +16,12 @@ export {
   ServiceUnavailableError,
 } from "./errors.js";
 export type { CinchErrorOptions, RetryAfterErrorOptions } from "./errors.js";
-export type { Language, RunOptions, RunResult, SandboxOptions, Termination } from "./types.js";
+export type {
+  Language,
+  RunOptions,
+  RunResult,
+  SandboxOptions,
+  StreamEvent,
+  Termination,
+} from "./types.js";
 export { VERSION } from "./version.js";

@@ -13,7 +13,9 @@ export type Termination =
   | "oom"
   | "output_limit"
   | "credit_limit"
-  | "sandbox_error";
+  | "sandbox_error"
+  /** A streamed run whose client stopped reading: stopped and charged for what it used. */
+  | "cancelled";
 
 /** Options of the {@link Sandbox} constructor. */
 export interface SandboxOptions {
@@ -68,8 +70,20 @@ export interface RunResult {
   truncated: boolean;
   queueMs: number | null;
   creditsCharged: number | null;
-  /** The account balance after this run (`X-Credits-Remaining`). */
+  /**
+   * The account balance after this run (`X-Credits-Remaining`); `null` for a
+   * streamed run, whose headers are sent before it runs.
+   */
   creditsRemaining: number | null;
   /** The server's `X-Request-Id`. */
   requestId: string | null;
 }
+
+/**
+ * What {@link Sandbox.stream} yields: output as the program writes it, then
+ * one `result` (with the whole output again) as the last event.
+ */
+export type StreamEvent =
+  | { type: "stdout"; text: string }
+  | { type: "stderr"; text: string }
+  | { type: "result"; result: RunResult };

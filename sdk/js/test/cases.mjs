@@ -266,6 +266,77 @@ export function defineSuite(label, sdk) {
       });
     });
 
+    describe("stream", () => {
+      it("yields output as it comes, then the result, and asks for events", async () => {
+        api.script({
+          events: [
+            ["stdout", { text: "a\n" }],
+            ["stderr", { text: "é\u2028" }],
+            ["result", successBody({ stdout: "a\n", stderr: "é\u2028" })],
+          ],
+          headers: { "X-Request-Id": "req-s" },
+          gapMs: 20,
+        });
+        const seen = [];
+        for await (const event of box().stream("print(1)")) seen.push(event);
+        assert.deepEqual(seen.slice(0, 2), [
+          { type: "stdout", text: "a\n" },
+          { type: "stderr", text: "é\u2028" },
+        ]);
+        assert.equal(seen.length, 3);
+        assert.equal(seen[2].type, "result");
+        assert.equal(seen[2].result.stdout, "a\n");
+        assert.equal(seen[2].result.requestId, "req-s");
+        assert.equal(seen[2].result.creditsRemaining, null);
+        assert.equal(api.requests[0].headers.accept, "text/event-stream");
+      });
+
+      it("throws an error event as a CinchError", async () => {
+        api.script({ events: [["stdout", { text: "x" }], ["error", { error: "boom" }]] });
+        const seen = [];
+        await assert.rejects(async () => {
+          for await (const event of box().stream("x")) seen.push(event);
+        }, (error) => error instanceof CinchError && error.message === "boom");
+        assert.deepEqual(seen, [{ type: "stdout", text: "x" }]);
+      });
+
+      it("retries a 503 before the start, with the same Idempotency-Key", async () => {
+        api.script(
+          { status: 503, body: { error: "busy" }, headers: { "Retry-After": "0" } },
+          { events: [["result", successBody()]] },
+        );
+        const seen = [];
+        for await (const event of box().stream("x")) seen.push(event);
+        assert.equal(seen.length, 1);
+        assert.equal(seen[0].result.stdout, "4\n");
+        assert.equal(api.requests.length, 2);
+        assert.equal(
+          api.requests[0].headers["idempotency-key"],
+          api.requests[1].headers["idempotency-key"],
+        );
+      });
+
+      it("rejects an error before the start like run()", async () => {
+        api.script({ status: 402, body: { error: "out of credits" } });
+        await assert.rejects(async () => {
+          for await (const _ of box().stream("x"));
+        }, InsufficientCreditsError);
+      });
+
+      it("hangs up when the loop is left early", async () => {
+        api.script({
+          events: Array.from({ length: 50 }, (_, i) => ["stdout", { text: `${i}\n` }]),
+          gapMs: 10,
+        });
+        for await (const event of box().stream("x")) {
+          assert.equal(event.text, "0\n");
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal(api.hungUp, true);
+      });
+    });
+
     describe("configuration", () => {
       const saved = { ...process.env };
       afterEach(() => {

@@ -8,6 +8,8 @@ export class FakeApi {
   replies = [];
   /** @type {{method: string, path: string, headers: Record<string,string>, body: unknown}[]} */
   requests = [];
+  /** Whether the client closed the last stream before its end. */
+  hungUp = false;
   #server = createServer((req, res) => this.#handle(req, res));
 
   get baseUrl() {
@@ -42,6 +44,18 @@ export class FakeApi {
     this.requests.push({ method: req.method, path: req.url, headers: req.headers, body });
     const reply = this.replies.shift() ?? { status: 500, body: { error: "unscripted request" } };
     if (reply.delayMs) await new Promise((r) => setTimeout(r, reply.delayMs));
+    if (reply.events) {
+      // A stream: each [name, data] as one server-sent event, `gapMs` apart.
+      res.writeHead(200, { "Content-Type": "text/event-stream; charset=utf-8", ...reply.headers });
+      for (const [name, data] of reply.events) {
+        if (res.destroyed) break;
+        res.write(`event: ${name}\r\ndata: ${JSON.stringify(data)}\r\n\r\n`);
+        if (reply.gapMs) await new Promise((r) => setTimeout(r, reply.gapMs));
+      }
+      this.hungUp = res.destroyed || !res.writable;
+      res.end();
+      return;
+    }
     const isText = typeof reply.body === "string";
     const payload = isText ? reply.body : JSON.stringify(reply.body ?? {});
     if (res.destroyed) return;

@@ -86,6 +86,99 @@ class Sandbox {
             }
         }
     }
+    /**
+     * Runs `code` like {@link Sandbox.run}, yielding its output as it is written.
+     *
+     * ```ts
+     * for await (const event of box.stream("for i in range(3): print(i)")) {
+     *   if (event.type === "result") console.log("exit", event.result.exitCode);
+     *   else process.stdout.write(event.text);
+     * }
+     * ```
+     *
+     * Yields `stdout` and `stderr` events while the program runs, then one
+     * `result`, the last. Leaving the loop early (or aborting `signal`) hangs
+     * up: the server stops the run and charges what it used. Failures before
+     * the run starts are retried as in `run`; once the stream has begun, nothing
+     * is. `timeoutMs` bounds the wait for the answer and each silence after it.
+     */
+    async *stream(code, options = {}) {
+        const request = (0, http_js_1.prepareRun)({
+            baseUrl: this.baseUrl,
+            apiKey: this.#apiKey,
+            code,
+            language: options.language ?? "python",
+            stdin: options.stdin,
+            idempotencyKey: options.idempotencyKey,
+            stream: true,
+        });
+        const signal = options.signal;
+        for (let attempt = 0;; attempt++) {
+            const controller = new AbortController();
+            let timedOut = false;
+            let timer;
+            const arm = () => {
+                clearTimeout(timer);
+                timer = setTimeout(() => {
+                    timedOut = true;
+                    controller.abort();
+                }, this.timeoutMs);
+            };
+            const onAbort = () => controller.abort(signal?.reason);
+            signal?.addEventListener("abort", onAbort, { once: true });
+            let began = false;
+            try {
+                signal?.throwIfAborted();
+                arm();
+                const response = await fetch(request.url, {
+                    method: "POST",
+                    headers: request.headers,
+                    body: request.body,
+                    signal: controller.signal,
+                });
+                const type = response.headers.get("content-type") ?? "";
+                if (!response.ok || !type.startsWith(http_js_1.EVENT_STREAM) || !response.body) {
+                    // An error before the run started, or a server that does not stream.
+                    const text = await response.text();
+                    yield { type: "result", result: (0, http_js_1.parseResponse)(response.status, response.headers, text) };
+                    return;
+                }
+                began = true;
+                const reader = response.body.getReader();
+                const decoder = new TextDecoder();
+                const events = new http_js_1.EventReader();
+                for (;;) {
+                    const { done, value } = await reader.read();
+                    if (done)
+                        break;
+                    arm();
+                    for (const [name, data] of events.feed(decoder.decode(value, { stream: true }))) {
+                        const event = (0, http_js_1.streamEvent)(name, data, response.status, response.headers);
+                        if (event === null)
+                            continue;
+                        yield event;
+                        if (event.type === "result")
+                            return;
+                    }
+                }
+                throw new errors_js_1.CinchError("the stream ended without a result", {
+                    status: response.status,
+                    requestId: response.headers.get("x-request-id"),
+                });
+            }
+            catch (error) {
+                const failure = fetchFailure(error, timedOut, this.timeoutMs, signal);
+                if (began || attempt >= this.maxRetries || !(0, retry_js_1.isRetryable)(failure))
+                    throw failure;
+                await (0, retry_js_1.sleep)((0, retry_js_1.retryDelayMs)(attempt, failure), signal);
+            }
+            finally {
+                clearTimeout(timer);
+                signal?.removeEventListener("abort", onAbort);
+                controller.abort(); // left early: hang up, which stops the run
+            }
+        }
+    }
     /** The public settings; the API key is a private field and never serialised. */
     toJSON() {
         return { baseUrl: this.baseUrl, timeoutMs: this.timeoutMs, maxRetries: this.maxRetries };
@@ -132,6 +225,20 @@ class Sandbox {
     }
 }
 exports.Sandbox = Sandbox;
+/** A failure of `fetch` or of reading its body, as the SDK reports it. */
+function fetchFailure(error, timedOut, timeoutMs, signal) {
+    if (error instanceof errors_js_1.CinchError)
+        return error;
+    if (timedOut) {
+        return new errors_js_1.RequestTimeoutError(`request timed out after ${timeoutMs} ms`, { cause: error });
+    }
+    if (signal?.aborted)
+        return signal.reason;
+    if (error instanceof TypeError) {
+        return new errors_js_1.NetworkError(`network error: ${describe(error)}`, { cause: error });
+    }
+    return error;
+}
 function isBrowser() {
     return typeof window !== "undefined" && typeof document !== "undefined";
 }

@@ -5,7 +5,9 @@
  */
 export type Language = "python" | "python3" | "py" | "javascript" | "js" | "node" | "nodejs";
 /** Why a run ended. */
-export type Termination = "exited" | "signal" | "timeout" | "oom" | "output_limit" | "credit_limit" | "sandbox_error";
+export type Termination = "exited" | "signal" | "timeout" | "oom" | "output_limit" | "credit_limit" | "sandbox_error"
+/** A streamed run whose client stopped reading: stopped and charged for what it used. */
+ | "cancelled";
 /** Options of the {@link Sandbox} constructor. */
 export interface SandboxOptions {
     /** A `cinch_live_...` key. Defaults to `process.env.CINCH_API_KEY` where `process` exists. */
@@ -57,8 +59,25 @@ export interface RunResult {
     truncated: boolean;
     queueMs: number | null;
     creditsCharged: number | null;
-    /** The account balance after this run (`X-Credits-Remaining`). */
+    /**
+     * The account balance after this run (`X-Credits-Remaining`); `null` for a
+     * streamed run, whose headers are sent before it runs.
+     */
     creditsRemaining: number | null;
     /** The server's `X-Request-Id`. */
     requestId: string | null;
 }
+/**
+ * What {@link Sandbox.stream} yields: output as the program writes it, then
+ * one `result` (with the whole output again) as the last event.
+ */
+export type StreamEvent = {
+    type: "stdout";
+    text: string;
+} | {
+    type: "stderr";
+    text: string;
+} | {
+    type: "result";
+    result: RunResult;
+};

@@ -1,4 +1,4 @@
-import type { RunResult } from "./types.js";
+import type { RunResult, StreamEvent } from "./types.js";
 /** A prepared request, sent unchanged on every attempt. */
 export interface RunRequest {
     url: string;
@@ -12,10 +12,26 @@ export interface RunRequestInput {
     language: string;
     stdin: string | undefined;
     idempotencyKey: string | undefined;
+    /** Ask for server-sent events instead of one JSON answer. */
+    stream?: boolean;
 }
+export declare const EVENT_STREAM = "text/event-stream";
 /** Validates the arguments of a run and builds its request. */
 export declare function prepareRun(input: RunRequestInput): RunRequest;
 /** Turns a `/run` response into a result, or throws the matching error. */
 export declare function parseResponse(status: number, headers: Headers, text: string): RunResult;
+/**
+ * Server-sent events from the body's text, fed in pieces as they arrive. Lines
+ * end at LF, CR or CRLF only.
+ */
+export declare class EventReader {
+    #private;
+    feed(text: string): Array<[string, string]>;
+}
+/**
+ * One server-sent event of a streamed run as an SDK value; `null` for an event
+ * this SDK does not know. Throws a {@link CinchError} for an `error` event.
+ */
+export declare function streamEvent(name: string, data: string, status: number, headers: Headers): StreamEvent | null;
 /** A random UUID v4, from Web Crypto where available. */
 export declare function randomUUID(): string;

@@ -6,6 +6,7 @@
 import { CinchError, errorForStatus } from "./errors.js";
 import { parseRetryAfter } from "./retry.js";
 import { VERSION } from "./version.js";
+export const EVENT_STREAM = "text/event-stream";
 /** Validates the arguments of a run and builds its request. */
 export function prepareRun(input) {
     const { baseUrl, apiKey, code, language, stdin } = input;
@@ -29,7 +30,7 @@ export function prepareRun(input) {
         headers: {
             Authorization: `Bearer ${apiKey}`,
             "Content-Type": "application/json",
-            Accept: "application/json",
+            Accept: input.stream ? EVENT_STREAM : "application/json",
             "User-Agent": `cinch-sdk-js/${VERSION}`,
             "Idempotency-Key": idempotencyKey,
         },
@@ -75,6 +76,79 @@ export function parseResponse(status, headers, text) {
         creditsRemaining: toInt(headers.get("x-credits-remaining")),
         requestId,
     };
+}
+/**
+ * Server-sent events from the body's text, fed in pieces as they arrive. Lines
+ * end at LF, CR or CRLF only.
+ */
+export class EventReader {
+    #buffer = "";
+    #event = "";
+    #data = [];
+    feed(text) {
+        this.#buffer += text;
+        const events = [];
+        for (;;) {
+            const match = /\r\n|\r|\n/.exec(this.#buffer);
+            // A CR at the very end may be the first half of a CRLF: wait for more.
+            if (!match || (match[0] === "\r" && match.index === this.#buffer.length - 1))
+                break;
+            const line = this.#buffer.slice(0, match.index);
+            this.#buffer = this.#buffer.slice(match.index + match[0].length);
+            const event = this.#line(line);
+            if (event)
+                events.push(event);
+        }
+        return events;
+    }
+    #line(line) {
+        if (line === "") {
+            const event = this.#data.length
+                ? [this.#event || "message", this.#data.join("\n")]
+                : null;
+            this.#event = "";
+            this.#data = [];
+            return event;
+        }
+        if (line.startsWith(":"))
+            return null;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" "))
+            value = value.slice(1);
+        if (field === "event")
+            this.#event = value;
+        else if (field === "data")
+            this.#data.push(value);
+        return null;
+    }
+}
+/**
+ * One server-sent event of a streamed run as an SDK value; `null` for an event
+ * this SDK does not know. Throws a {@link CinchError} for an `error` event.
+ */
+export function streamEvent(name, data, status, headers) {
+    const requestId = headers.get("x-request-id");
+    const payload = parseJson(data);
+    if (!isObject(payload)) {
+        throw new CinchError(`invalid ${JSON.stringify(name)} event from server`, {
+            status,
+            requestId,
+        });
+    }
+    if (name === "stdout" || name === "stderr") {
+        return { type: name, text: typeof payload.text === "string" ? payload.text : "" };
+    }
+    if (name === "result") {
+        const result = parseResponse(status, headers, data);
+        return { type: "result", result: { ...result, creditsRemaining: null } };
+    }
+    if (name === "error") {
+        const message = typeof payload.error === "string" ? payload.error : "the run failed";
+        throw new CinchError(message, { status, requestId });
+    }
+    return null;
 }
 /** A random UUID v4, from Web Crypto where available. */
 export function randomUUID() {

@@ -1,4 +1,4 @@
-import type { RunOptions, RunResult, SandboxOptions } from "./types.js";
+import type { RunOptions, RunResult, SandboxOptions, StreamEvent } from "./types.js";
 /**
  * The hosted service's API root, used when neither `baseUrl` nor
  * `CINCH_BASE_URL` is given. Self-hosting? Set one of them, or your key is
@@ -35,6 +35,23 @@ export declare class Sandbox {
      * times with the same Idempotency-Key.
      */
     run(code: string, options?: RunOptions): Promise<RunResult>;
+    /**
+     * Runs `code` like {@link Sandbox.run}, yielding its output as it is written.
+     *
+     * ```ts
+     * for await (const event of box.stream("for i in range(3): print(i)")) {
+     *   if (event.type === "result") console.log("exit", event.result.exitCode);
+     *   else process.stdout.write(event.text);
+     * }
+     * ```
+     *
+     * Yields `stdout` and `stderr` events while the program runs, then one
+     * `result`, the last. Leaving the loop early (or aborting `signal`) hangs
+     * up: the server stops the run and charges what it used. Failures before
+     * the run starts are retried as in `run`; once the stream has begun, nothing
+     * is. `timeoutMs` bounds the wait for the answer and each silence after it.
+     */
+    stream(code: string, options?: RunOptions): AsyncGenerator<StreamEvent, void, undefined>;
     /** The public settings; the API key is a private field and never serialised. */
     toJSON(): Record<string, unknown>;
 }

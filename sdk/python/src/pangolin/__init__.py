@@ -6,6 +6,9 @@ Run untrusted code in disposable sandboxes with one call::
 
     result = Sandbox().run("print(2 + 2)")   # key from $CINCH_API_KEY
     assert result.stdout == "4\\n"
+
+    for event in Sandbox().stream(code):   # output as it is written, then the result
+        ...
 """
 
 from ._base import DEFAULT_BASE_URL
@@ -23,7 +26,7 @@ from .errors import (
     RequestTimeoutError,
     ServiceUnavailableError,
 )
-from .models import SandboxResult
+from .models import OutputChunk, SandboxResult, StreamEvent
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -34,10 +37,12 @@ __all__ = [
     "ConflictError",
     "InsufficientCreditsError",
     "NetworkError",
+    "OutputChunk",
     "RateLimitError",
     "RequestTimeoutError",
     "Sandbox",
     "SandboxResult",
     "ServiceUnavailableError",
+    "StreamEvent",
     "__version__",
 ]

@@ -63,6 +63,8 @@ class SandboxBase:
         language: str,
         stdin: str | None,
         idempotency_key: str | None,
+        *,
+        stream: bool = False,
     ) -> RunRequest:
         return prepare_run(
             base_url=self.base_url,
@@ -71,6 +73,7 @@ class SandboxBase:
             language=language,
             stdin=stdin,
             idempotency_key=idempotency_key,
+            stream=stream,
         )
 
 

@@ -14,9 +14,10 @@ import httpx
 from ._retry import parse_retry_after
 from ._version import __version__
 from .errors import CinchError, NetworkError, RequestTimeoutError, error_for_status
-from .models import SandboxResult
+from .models import OutputChunk, SandboxResult, StreamEvent
 
 USER_AGENT = f"pangolin-sdk/{__version__} python/{platform.python_version()}"
+EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ def prepare_run(
     language: str,
     stdin: str | None,
     idempotency_key: str | None,
+    stream: bool = False,
 ) -> RunRequest:
     """Validates the arguments of a run and builds its request.
 
@@ -46,6 +48,7 @@ def prepare_run(
         language: The language name understood by the server.
         stdin: Optional standard input for the program.
         idempotency_key: Caller-chosen key; a random UUID4 when ``None``.
+        stream: Ask for server-sent events instead of one JSON answer.
 
     Returns:
         The request to send.
@@ -73,7 +76,7 @@ def prepare_run(
         headers={
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
-            "Accept": "application/json",
+            "Accept": EVENT_STREAM if stream else "application/json",
             "User-Agent": USER_AGENT,
             "Idempotency-Key": idempotency_key,
         },
@@ -172,3 +175,89 @@ def _optional_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    """Whether a ``/run`` answer is a stream (else it is JSON: an error, or a
+    server that does not stream, whose one result is the whole stream)."""
+    content_type = response.headers.get("content-type", "")
+    return response.is_success and content_type.split(";")[0].strip() == EVENT_STREAM
+
+
+class EventReader:
+    """Server-sent events from the raw body, fed in pieces as they arrive.
+
+    Lines end at LF, CR or CRLF only (not at every character
+    ``str.splitlines`` breaks on, which JSON text may hold).
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        self._buffer += chunk
+        events = []
+        while True:
+            cut = min(
+                (i for i in (self._buffer.find(b"\n"), self._buffer.find(b"\r")) if i >= 0),
+                default=-1,
+            )
+            if cut < 0 or (self._buffer[cut : cut + 1] == b"\r" and cut + 1 == len(self._buffer)):
+                break  # no whole line yet (a CR may be the first half of CRLF)
+            line = self._buffer[:cut].decode("utf-8", "replace")
+            step = 2 if self._buffer[cut : cut + 2] == b"\r\n" else 1
+            self._buffer = self._buffer[cut + step :]
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> tuple[str, str] | None:
+        if not line:
+            event, data = self._event or "message", self._data
+            self._event, self._data = "", []
+            return (event, "\n".join(data)) if data else None
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data.append(value)
+        return None
+
+
+def stream_event(event: str, data: str, response: httpx.Response) -> StreamEvent | None:
+    """One server-sent event as an SDK value; ``None`` for an event this SDK does not know.
+
+    Raises:
+        CinchError: For an ``error`` event (the run failed on the server's side
+            after it began) or a malformed event.
+    """
+    request_id = response.headers.get("x-request-id")
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise CinchError(
+            f"invalid {event!r} event from server: expected a JSON object",
+            response.status_code,
+            request_id=request_id,
+        )
+    if event in ("stdout", "stderr"):
+        return OutputChunk(event, str(payload.get("text") or ""))
+    if event == "result":
+        result = _result_from_json(payload, response.headers, request_id)
+        result.credits_remaining = None  # the header predates the run
+        return result
+    if event == "error":
+        raise CinchError(
+            str(payload.get("error") or "the run failed"),
+            response.status_code,
+            request_id=request_id,
+        )
+    return None

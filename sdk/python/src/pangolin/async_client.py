@@ -10,10 +10,17 @@ import anyio
 import httpx
 
 from ._base import SandboxBase
-from ._http import RunRequest, parse_response, transport_error
+from ._http import (
+    EventReader,
+    RunRequest,
+    is_event_stream,
+    parse_response,
+    stream_event,
+    transport_error,
+)
 from ._retry import is_retryable, retry_delay
 from .errors import CinchError
-from .models import SandboxResult
+from .models import OutputChunk, SandboxResult, StreamEvent
 
 __all__ = ["AsyncSandbox"]
 
@@ -67,6 +74,57 @@ class AsyncSandbox(SandboxBase):
                         raise
                     await anyio.sleep(retry_delay(attempt, error))
                     attempt += 1
+
+    async def stream(
+        self,
+        code: str,
+        language: str = "python",
+        *,
+        stdin: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Runs ``code``, yielding its output as it is written, then its result.
+
+        See :meth:`pangolin.Sandbox.stream`; use it with ``async for``. Leaving
+        the loop early hangs up, which stops the run.
+        """
+        request = self._prepare(code, language, stdin, idempotency_key, stream=True)
+        async with self._session() as client:
+            attempt = 0
+            while True:
+                began = False
+                try:
+                    async with client.stream(
+                        "POST",
+                        request.url,
+                        headers=request.headers,
+                        content=request.content,
+                        timeout=self.timeout,
+                    ) as response:
+                        if not is_event_stream(response):
+                            await response.aread()
+                            yield parse_response(response)
+                            return
+                        began = True
+                        reader = EventReader()
+                        async for chunk in response.aiter_raw():
+                            for name, data in reader.feed(chunk):
+                                event = stream_event(name, data, response)
+                                if event is not None:
+                                    yield event
+                                    if not isinstance(event, OutputChunk):
+                                        return
+                    raise CinchError("the stream ended without a result", 200)
+                except (httpx.TransportError, httpx.InvalidURL) as exc:
+                    failure = transport_error(exc)
+                    if began or attempt >= self.max_retries or not is_retryable(failure):
+                        raise failure from exc
+                except CinchError as error:
+                    failure = error
+                    if began or attempt >= self.max_retries or not is_retryable(failure):
+                        raise
+                await anyio.sleep(retry_delay(attempt, failure))
+                attempt += 1
 
     async def aclose(self) -> None:
         """Closes the pooled connections opened by ``async with``."""

@@ -15,10 +15,17 @@ from types import TracebackType
 import httpx
 
 from ._base import DEFAULT_BASE_URL, SandboxBase
-from ._http import RunRequest, parse_response, transport_error
+from ._http import (
+    EventReader,
+    RunRequest,
+    is_event_stream,
+    parse_response,
+    stream_event,
+    transport_error,
+)
 from ._retry import is_retryable, retry_delay
 from .errors import CinchError
-from .models import SandboxResult
+from .models import OutputChunk, SandboxResult, StreamEvent
 
 __all__ = ["DEFAULT_BASE_URL", "CinchError", "Sandbox", "SandboxResult"]
 
@@ -90,6 +97,74 @@ class Sandbox(SandboxBase):
                         raise
                     time.sleep(retry_delay(attempt, error))
                     attempt += 1
+
+    def stream(
+        self,
+        code: str,
+        language: str = "python",
+        *,
+        stdin: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Runs ``code`` like :meth:`run`, yielding its output as it is written.
+
+        Yields :class:`~pangolin.OutputChunk` values (``stream`` and ``text``)
+        while the program runs, then one :class:`~pangolin.SandboxResult` (with
+        the whole output again) as the last item::
+
+            for event in box.stream(code):
+                if isinstance(event, OutputChunk):
+                    print(event.text, end="")
+                else:
+                    result = event
+
+        Python's ``print`` is flushed at each line in a streamed run. Stopping
+        early (``break``, or closing the iterator) hangs up: the server stops
+        the run and charges what it used. Failures before the run starts are
+        retried as in :meth:`run`; once output has arrived, nothing is retried.
+
+        Raises:
+            ValueError: If ``code`` is empty or not a string.
+            CinchError: Or a subclass, if the request failed, or the run failed
+                on the server's side after it began.
+        """
+        request = self._prepare(code, language, stdin, idempotency_key, stream=True)
+        with self._session() as client:
+            attempt = 0
+            while True:
+                began = False
+                try:
+                    with client.stream(
+                        "POST",
+                        request.url,
+                        headers=request.headers,
+                        content=request.content,
+                        timeout=self.timeout,
+                    ) as response:
+                        if not is_event_stream(response):
+                            response.read()
+                            yield parse_response(response)
+                            return
+                        began = True
+                        reader = EventReader()
+                        for chunk in response.iter_raw():
+                            for name, data in reader.feed(chunk):
+                                event = stream_event(name, data, response)
+                                if event is not None:
+                                    yield event
+                                    if not isinstance(event, OutputChunk):
+                                        return
+                    raise CinchError("the stream ended without a result", 200)
+                except (httpx.TransportError, httpx.InvalidURL) as exc:
+                    failure = transport_error(exc)
+                    if began or attempt >= self.max_retries or not is_retryable(failure):
+                        raise failure from exc
+                except CinchError as error:
+                    failure = error
+                    if began or attempt >= self.max_retries or not is_retryable(failure):
+                        raise
+                time.sleep(retry_delay(attempt, failure))
+                attempt += 1
 
     def close(self) -> None:
         """Closes the pooled connections opened by ``with Sandbox() as box``."""

@@ -20,14 +20,16 @@ class SandboxResult:
         timed_out: Whether the run hit the sandbox's wall-clock limit.
         duration_ms: Wall-clock run time in milliseconds.
         termination: Why the run ended: ``"exited"``, ``"signal"``,
-            ``"timeout"``, ``"oom"``, ``"output_limit"``, ``"credit_limit"``
-            or ``"sandbox_error"``.
+            ``"timeout"``, ``"oom"``, ``"output_limit"``, ``"credit_limit"``,
+            ``"sandbox_error"`` or ``"cancelled"`` (a streamed run whose client
+            hung up).
         signal: Name of the signal that killed the process, if any.
         truncated: Whether stdout/stderr were cut at the output limit.
         queue_ms: Time spent waiting for a free sandbox, in milliseconds.
         credits_charged: Credits this run cost.
         credits_remaining: The account's balance after this run
-            (``X-Credits-Remaining``).
+            (``X-Credits-Remaining``); ``None`` for a streamed run, whose
+            headers are sent before it runs.
         request_id: The server's ``X-Request-Id`` for this request.
     """
 
@@ -48,3 +50,21 @@ class SandboxResult:
     def ok(self) -> bool:
         """Whether the program exited with status 0 within its time limit."""
         return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of a streamed run's output, as the program wrote it.
+
+    Attributes:
+        stream: ``"stdout"`` or ``"stderr"``.
+        text: The text; never half a character. All chunks of a stream,
+            joined, are that stream's text in the final :class:`SandboxResult`.
+    """
+
+    stream: str
+    text: str
+
+
+#: What :meth:`pangolin.Sandbox.stream` yields: chunks, then one result.
+StreamEvent = OutputChunk | SandboxResult
