@@ -61,6 +61,10 @@ class Config:
     stripe_webhook_secret: str = ""
     secure_cookies: str = "auto"  # auto | on | off
     session_secret: str = ""
+    # Who users ask for credits when CINCH_PAYMENTS=none (an e-mail address, a URL, a team).
+    credits_contact: str = "the operator of this server"
+    # The head of each run's stdout and stderr kept for the dashboard's run page; 0: none.
+    kept_output_bytes: int = 16384
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -124,6 +128,7 @@ class Config:
         check(1 <= self.topup_min_usd <= self.topup_max_usd, "CINCH_TOPUP_MIN/MAX_USD out of order")
         check(self.secure_cookies in ("auto", "on", "off"), "CINCH_SECURE_COOKIES: auto, on or off")
         check(self.port >= 0, "CINCH_PORT must be >= 0")
+        check(0 <= self.kept_output_bytes <= 1 << 20, "CINCH_KEPT_OUTPUT_BYTES: 0 to 1048576")
 
     @property
     def base_url(self) -> str:
