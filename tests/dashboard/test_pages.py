@@ -54,7 +54,8 @@ class Env:
         assert r.headers["Location"] == "/dashboard/keys"
         page = await self.page("/dashboard/keys")
         key = text_of(page, "new-key")
-        assert key is not None and key.startswith("cinch_live_")
+        assert key is not None
+        assert key.startswith("cinch_live_")
         return email, key
 
     async def run(self, key: str, code: str, language: str = "python") -> Any:
@@ -89,7 +90,10 @@ async def _env(database_url: str, tmp_path: Path, **settings: Any) -> AsyncItera
                 for p in pools.values():
                     await nursery.start(p.run)
                 app = create_app(
-                    config, scheduler=scheduler, store=store, blueprints=dashboard_blueprints(config)
+                    config,
+                    scheduler=scheduler,
+                    store=store,
+                    blueprints=dashboard_blueprints(config),
                 )
                 async with app.test_app() as test_app:
                     yield Env(test_app.test_client(), store, config)
@@ -124,7 +128,8 @@ async def test_the_new_key_is_shown_once_after_a_redirect_and_never_in_a_url(env
     assert "cinch_live_" not in await r.get_data(as_text=True)
     page = await env.page("/dashboard/keys")
     new_key = text_of(page, "new-key")
-    assert new_key and new_key != key
+    assert new_key
+    assert new_key != key
     assert "The old key was revoked" in (text_of(page, "notice") or "")
     assert text_of(await env.page("/dashboard/keys"), "new-key") is None
 
@@ -167,10 +172,12 @@ async def test_runs_are_listed_filtered_paged_and_each_has_its_page(env):
 
     first = await env.page("/dashboard/runs")
     assert len(re.findall(r"<tr data-run-id=", first)) == RUNS_PAGE
-    assert 'id="older"' in first and 'id="newer"' not in first
+    assert 'id="older"' in first
+    assert 'id="newer"' not in first
     second = await env.page("/dashboard/runs?page=2")
     assert len(re.findall(r"<tr data-run-id=", second)) == 3
-    assert 'id="newer"' in second and 'id="older"' not in second
+    assert 'id="newer"' in second
+    assert 'id="older"' not in second
 
     only_js = await env.page("/dashboard/runs?language=javascript")
     assert re.findall(r'<tr data-run-id="([^"]+)"', only_js) == [ids[-1]]
@@ -237,7 +244,8 @@ async def test_browsers_get_html_error_pages_and_the_api_keeps_json(env):
     assert r.status_code == 404
     assert r.content_type.startswith("text/html")
     body = await r.get_data(as_text=True)
-    assert "Page not found" in body and 'rel="icon"' in body
+    assert "Page not found" in body
+    assert 'rel="icon"' in body
     assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
 
     r = await env.client.get("/logout", headers=HTML)
