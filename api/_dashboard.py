@@ -860,7 +860,8 @@ async def account_page(account: Account) -> ResponseReturnValue:
     await _start_session(account.id)
     log.info("account %s changed its password", account.id)
     return _redirect_with(
-        "dashboard.account_page", notice="Your password was changed; your other sessions are logged out."
+        "dashboard.account_page",
+        notice="Your password was changed; your other sessions are logged out.",
     )
 
 
