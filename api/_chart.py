@@ -67,9 +67,9 @@ def usage_svg(
         f'<title id="{name}-title">Credits spent per day (UTC)</title>',
         f'<desc id="{name}-desc">{escape(summary)}</desc>',
     ]
-    for i in range(5):  # horizontal grid lines with their values
-        value = top * i // 4
-        y = _TOP + plot_h - plot_h * i / 4
+    for i in range(6):  # grid lines at fifths: whole numbers, as the top is 1, 2 or 5 x 10^k
+        value = top * i // 5
+        y = _TOP + plot_h - plot_h * i / 5
         parts.append(
             f'<line class="grid" x1="{_LEFT}" y1="{y:.1f}" x2="{width - _RIGHT}" y2="{y:.1f}"/>'
         )
@@ -86,9 +86,12 @@ def usage_svg(
             f"<title>{day:%b} {day.day}: {value:,} credits</title></rect>"
         )
         if i % label_every == (len(days) - 1) % label_every:  # every nth day, ending today
+            # Today's label ends at its bar: centred, it would run off the right edge.
+            last = i == len(days) - 1
             parts.append(
-                f'<text class="axis" x="{x + bar_w / 2:.1f}" y="{HEIGHT - 8}" '
-                f'text-anchor="middle">{day:%b} {day.day}</text>'
+                f'<text class="axis" x="{x + (bar_w if last else bar_w / 2):.1f}" '
+                f'y="{HEIGHT - 8}" text-anchor="{"end" if last else "middle"}">'
+                f"{day:%b} {day.day}</text>"
             )
     parts.append(
         f'<line class="baseline" x1="{_LEFT}" y1="{_TOP + plot_h}" '
