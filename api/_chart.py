@@ -87,10 +87,10 @@ def usage_svg(
         )
         if i % label_every == (len(days) - 1) % label_every:  # every nth day, ending today
             # Today's label ends at its bar: centred, it would run off the right edge.
-            last = i == len(days) - 1
+            is_today = i == len(days) - 1
             parts.append(
-                f'<text class="axis" x="{x + (bar_w if last else bar_w / 2):.1f}" '
-                f'y="{HEIGHT - 8}" text-anchor="{"end" if last else "middle"}">'
+                f'<text class="axis" x="{x + (bar_w if is_today else bar_w / 2):.1f}" '
+                f'y="{HEIGHT - 8}" text-anchor="{"end" if is_today else "middle"}">'
                 f"{day:%b} {day.day}</text>"
             )
     parts.append(

@@ -839,10 +839,24 @@ async def account_page(account: Account) -> ResponseReturnValue:
     current = _form_value(form, "current_password", PASSWORD_MAX)
     new = _form_value(form, "new_password", PASSWORD_MAX + 1)
     errors: dict[str, str] = {}
+    # The current password is what stops a borrowed session from taking the account
+    # over, so guessing it here counts against the same limits as logging in.
+    ip = request.remote_addr or "unknown"
+    by_email, by_ip = await store.login_failures(account.email, ip, LOGIN_WINDOW_S)
+    if by_email >= LOGIN_MAX_FAILURES_PER_EMAIL or by_ip >= LOGIN_MAX_FAILURES_PER_IP:
+        errors["form"] = (
+            f"Too many wrong passwords. Wait {LOGIN_WINDOW_S // 60} minutes, then try again."
+        )
+        response = await _page("account.html", 429, errors=errors, notice=None)
+        response.headers["Retry-After"] = str(LOGIN_WINDOW_S)
+        return response
     row = await store.account_by_email(account.email)
-    if not current or not await state.verify_password(
+    ok = bool(current) and await state.verify_password(
         row["password_hash"] if row else None, current
-    ):
+    )
+    if current:
+        await store.record_login_attempt(account.email, ip, ok)
+    if not ok:
         errors["current_password"] = "This is not your current password."
     if len(new) < PASSWORD_MIN:
         errors["new_password"] = f"Use at least {PASSWORD_MIN} characters."

@@ -296,3 +296,39 @@ async def test_without_payments_no_page_promises_a_top_up(no_payments):
     )
     assert r.status_code == 402
     assert (await r.get_json())["error"] == "out of credits: ask ops@example.com for more"
+
+
+async def test_a_bug_in_a_page_is_an_html_500_for_browsers_with_a_request_id(env, monkeypatch):
+    await env.signup()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(env.store, "list_runs", broken)
+    r = await env.client.get("/dashboard/runs", headers=HTML)
+    assert r.status_code == 500
+    assert r.content_type.startswith("text/html")
+    body = await r.get_data(as_text=True)
+    assert "Something went wrong" in body
+    assert r.headers["X-Request-Id"] in body
+    assert "a bug" not in body  # never a traceback
+    r = await env.client.get("/dashboard/runs", headers={"Accept": "application/json"})
+    assert r.status_code == 500
+    assert "request id" in (await r.get_json())["error"]
+
+
+async def test_guessing_the_current_password_is_limited_like_logging_in(env):
+    from api._dashboard import LOGIN_MAX_FAILURES_PER_EMAIL
+
+    await env.signup()
+    form = {"current_password": "a wrong guess", "new_password": "another good one"}
+    for _ in range(LOGIN_MAX_FAILURES_PER_EMAIL):
+        r = await env.post("/dashboard/account", form, token_from="/dashboard/account")
+        assert r.status_code == 400
+    r = await env.post(
+        "/dashboard/account",
+        {"current_password": PASSWORD, "new_password": "another good one"},
+        token_from="/dashboard/account",
+    )
+    assert r.status_code == 429  # even the right one, until the window has passed
+    assert r.headers["Retry-After"] == "900"
