@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from ._database import Database, insert_ledger_row
+from ._database import ASYNC_COMMIT, Database, insert_ledger_row
 
 
 class SignupLimited(Exception):
@@ -74,6 +74,56 @@ class AccountRecords(Database):
             "FROM runs WHERE account_id = $1 ORDER BY created_at DESC LIMIT $2",
             account_id,
             limit,
+        )
+
+    async def list_runs(
+        self,
+        account_id: int,
+        *,
+        language: str | None = None,
+        termination: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Any]:
+        """One page of the account's runs, newest first, optionally filtered."""
+        return await self.fetch(
+            "SELECT id, language, termination, exit_code, duration_ms, credits_charged, created_at "
+            "FROM runs WHERE account_id = $1 AND ($2::text IS NULL OR language = $2) "
+            "AND ($3::text IS NULL OR termination = $3) "
+            "ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5",
+            account_id,
+            language,
+            termination,
+            limit,
+            offset,
+        )
+
+    async def run_for(self, account_id: int, run_id: str) -> Any:
+        """The account's run ``run_id`` with its kept output (None if not the account's)."""
+        return await self.fetchrow(
+            "SELECT r.*, o.stdout, o.stderr, o.cut, o.run_id IS NOT NULL AS has_output "
+            "FROM runs r LEFT JOIN run_output o ON o.run_id = r.id "
+            "WHERE r.account_id = $1 AND r.id = $2",
+            account_id,
+            run_id,
+        )
+
+    async def keep_run_output(self, run_id: str, stdout: str, stderr: str, cut: bool) -> None:
+        """Keep the head of a settled run's output (not money: no wait for the WAL flush)."""
+        await self.execute(
+            "INSERT INTO run_output (run_id, stdout, stderr, cut) "
+            "SELECT $1::text, $2::text, $3::text, $4::boolean FROM "
+            + ASYNC_COMMIT
+            + " ON CONFLICT (run_id) DO NOTHING",
+            run_id,
+            stdout,
+            stderr,
+            cut,
+        )
+
+    async def set_password(self, account_id: int, password_hash: str) -> None:
+        await self.execute(
+            "UPDATE accounts SET password_hash = $2 WHERE id = $1", account_id, password_hash
         )
 
     async def ledger_rows(self, account_id: int, limit: int = 100) -> list[Any]:

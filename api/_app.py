@@ -25,6 +25,9 @@ from ._state import AppState, Readiness
 
 log = logging.getLogger("cinch.api")
 
+# The API's own paths: they answer JSON errors to everyone, browsers included.
+API_PATHS = frozenset({"/run", "/languages", "/healthz", "/readyz", "/metrics", "/openapi.json"})
+
 
 class _CountRequests:
     """ASGI middleware: counts HTTP requests from arrival until the handler is done.
@@ -48,6 +51,10 @@ class _CountRequests:
         finally:
             self._state.in_flight.leave()
             self._state.metrics.in_flight.dec()
+
+
+def _is_api_path(path: str) -> bool:
+    return path.rstrip("/") in API_PATHS or path.startswith("/webhooks/")
 
 
 def create_app(
@@ -103,9 +110,27 @@ def create_app(
             del g.t0
         return response
 
+    def _wants_html() -> bool:
+        """A browser asking for a page (not the API) gets its errors as a page."""
+        if app.config.get("HTML_ERROR_PAGE") is None or _is_api_path(request.path):
+            return False
+        accept = request.accept_mimetypes
+        return accept.best_match(["application/json", "text/html"]) == "text/html"
+
+    async def _error(status: int, message: str, headers: dict[str, str]) -> Response:
+        if _wants_html():
+            response: Response = await app.config["HTML_ERROR_PAGE"](status, message)
+            response.headers.update(headers)
+            return response
+        return json_response({"error": message}, status, headers)
+
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
-        return json_response({"error": exc.message}, exc.status, exc.headers)
+        headers = dict(exc.headers)
+        if exc.status == 401:
+            # RFC 9110 section 11.6.1: a 401 names the scheme the client must use.
+            headers.setdefault("WWW-Authenticate", 'Bearer realm="cinch"')
+        return json_response({"error": exc.message}, exc.status, headers)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
@@ -132,15 +157,17 @@ def create_app(
         headers = {}
         if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(sorted(getattr(exc, "valid_methods", None) or []))
-        return json_response({"error": message}, status, headers)
+        return await _error(status, message, headers)
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
         request_id = getattr(g, "request_id", "")
         # Never log the body: it holds the user's code.
         log.exception("request %s %s %s failed", request_id, request.method, request.path)
-        return json_response(
-            {"error": f"internal error; quote request id {request_id} when reporting it"}, 500
-        )
+        message = f"internal error; quote request id {request_id} when reporting it"
+        if _wants_html():
+            with contextlib.suppress(Exception):  # the page itself must not fail the 500
+                return await _error(500, f"Internal error: {message}.", {})
+        return json_response({"error": message}, 500)
 
     return app

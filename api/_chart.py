@@ -32,11 +32,23 @@ def _short(n: int) -> str:
     return str(n)
 
 
-def usage_svg(days: Sequence[tuple[date, int]]) -> str:
-    """A bar per day of credits spent; ``days`` oldest first. Returns the ``<svg>`` markup."""
+def usage_svg(
+    days: Sequence[tuple[date, int]],
+    *,
+    width: int = WIDTH,
+    label_every: int = 7,
+    name: str = "chart",
+) -> str:
+    """A bar per day of credits spent; ``days`` oldest first. Returns the ``<svg>`` markup.
+
+    The SVG scales to its box, so its text shrinks with it: a phone gets its own
+    narrower drawing (``width`` about its CSS width, fewer date labels) in which
+    11-unit text stays about 11 px, instead of the desktop one shrunk to half.
+    ``name`` keeps the element ids of two charts on one page apart.
+    """
     total = sum(v for _, v in days)
     top = _nice_ceiling(max((v for _, v in days), default=0))
-    plot_w = WIDTH - _LEFT - _RIGHT
+    plot_w = width - _LEFT - _RIGHT
     plot_h = HEIGHT - _TOP - _BOTTOM
     n = max(len(days), 1)
     slot = plot_w / n
@@ -50,16 +62,16 @@ def usage_svg(days: Sequence[tuple[date, int]]) -> str:
     else:
         summary = "No usage yet."
     parts = [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
-        f'aria-labelledby="chart-title chart-desc" xmlns="http://www.w3.org/2000/svg">',
-        '<title id="chart-title">Credits spent per day (UTC)</title>',
-        f'<desc id="chart-desc">{escape(summary)}</desc>',
+        f'<svg class="chart {name}" viewBox="0 0 {width} {HEIGHT}" width="100%" role="img" '
+        f'aria-labelledby="{name}-title {name}-desc" xmlns="http://www.w3.org/2000/svg">',
+        f'<title id="{name}-title">Credits spent per day (UTC)</title>',
+        f'<desc id="{name}-desc">{escape(summary)}</desc>',
     ]
-    for i in range(5):  # horizontal grid lines with their values
-        value = top * i // 4
-        y = _TOP + plot_h - plot_h * i / 4
+    for i in range(6):  # grid lines at fifths: whole numbers, as the top is 1, 2 or 5 x 10^k
+        value = top * i // 5
+        y = _TOP + plot_h - plot_h * i / 5
         parts.append(
-            f'<line class="grid" x1="{_LEFT}" y1="{y:.1f}" x2="{WIDTH - _RIGHT}" y2="{y:.1f}"/>'
+            f'<line class="grid" x1="{_LEFT}" y1="{y:.1f}" x2="{width - _RIGHT}" y2="{y:.1f}"/>'
         )
         parts.append(
             f'<text class="axis" x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
@@ -73,14 +85,17 @@ def usage_svg(days: Sequence[tuple[date, int]]) -> str:
             f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}">'
             f"<title>{day:%b} {day.day}: {value:,} credits</title></rect>"
         )
-        if i % 7 == (len(days) - 1) % 7:  # label every 7th day, ending on today
+        if i % label_every == (len(days) - 1) % label_every:  # every nth day, ending today
+            # Today's label ends at its bar: centred, it would run off the right edge.
+            is_today = i == len(days) - 1
             parts.append(
-                f'<text class="axis" x="{x + bar_w / 2:.1f}" y="{HEIGHT - 8}" '
-                f'text-anchor="middle">{day:%b} {day.day}</text>'
+                f'<text class="axis" x="{x + (bar_w if is_today else bar_w / 2):.1f}" '
+                f'y="{HEIGHT - 8}" text-anchor="{"end" if is_today else "middle"}">'
+                f"{day:%b} {day.day}</text>"
             )
     parts.append(
         f'<line class="baseline" x1="{_LEFT}" y1="{_TOP + plot_h}" '
-        f'x2="{WIDTH - _RIGHT}" y2="{_TOP + plot_h}"/>'
+        f'x2="{width - _RIGHT}" y2="{_TOP + plot_h}"/>'
     )
     parts.append("</svg>")
     return "".join(parts)

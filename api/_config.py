@@ -69,6 +69,10 @@ class Config:
     stripe_webhook_secret: str = ""
     secure_cookies: str = "auto"  # auto | on | off
     session_secret: str = ""
+    # Who users ask for credits when CINCH_PAYMENTS=none (an e-mail address, a URL, a team).
+    credits_contact: str = "the operator of this server"
+    # The head of each run's stdout and stderr kept for the dashboard's run page; 0: none.
+    kept_output_bytes: int = 16384
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -138,6 +142,7 @@ class Config:
         check(self.port >= 0, "CINCH_PORT must be >= 0")
         check(self.header_timeout_s > 0, "CINCH_HEADER_TIMEOUT_S must be > 0")
         check(self.max_connections_per_ip >= 1, "CINCH_MAX_CONNECTIONS_PER_IP must be >= 1")
+        check(0 <= self.kept_output_bytes <= 1 << 20, "CINCH_KEPT_OUTPUT_BYTES: 0 to 1048576")
 
     @property
     def base_url(self) -> str:

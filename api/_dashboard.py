@@ -32,7 +32,17 @@ from typing import Any
 
 import trio
 from markupsafe import Markup
-from quart import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
+from quart import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 from quart.typing import ResponseReturnValue
 
 from ._chart import usage_svg
@@ -65,7 +75,10 @@ SIGNUP_WINDOW_S = 3600
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024
 MAX_KEYS = 20
+RECENT_RUNS = 10
+RUNS_PAGE = 25
 SECRET_FILE = "session-secret"
+LOGO = Path(__file__).parent / "static" / "logo.svg"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _NEXT = re.compile(r"^/dashboard(?:/[A-Za-z0-9_-]+)*$")
 _COOKIE_VALUE = re.compile(r"^[A-Za-z0-9_-]{16,100}$")
@@ -82,12 +95,44 @@ class Account:
     email: str
 
 
+class Flash:
+    """What a POST leaves for the page its redirect shows: held in memory, shown once.
+
+    POST/redirect/GET: a form post answers 303 to a GET page, so a reload does not
+    post again.  A one-time API key must still reach that page, and it must never sit
+    in a URL, a cookie or the database: it waits here, keyed by the SHA-256 of the
+    session token, for at most ``ttl_s`` seconds, and the next GET of the page takes
+    it.  Per process: behind several instances, the redirect must reach the same one
+    (or the key is lost, and the user regenerates it).
+    """
+
+    def __init__(self, ttl_s: float = 60.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._items: dict[bytes, tuple[float, dict[str, Any]]] = {}
+
+    def put(self, session_token: str, **message: Any) -> None:
+        now = trio.current_time()
+        self._items = {k: v for k, v in self._items.items() if v[0] > now}
+        if len(self._items) >= self.max_entries:
+            self._items.pop(next(iter(self._items)))  # the oldest
+        self._items[_token_hash(session_token)] = (now + self.ttl_s, message)
+
+    def take(self, session_token: str) -> dict[str, Any]:
+        """The message left for this session (once), or ``{}``."""
+        if not session_token:
+            return {}
+        expires, message = self._items.pop(_token_hash(session_token), (0.0, {}))
+        return message if expires > trio.current_time() else {}
+
+
 class _State:
     """What the dashboard's views share: config, the session secret, a hashing limiter."""
 
     def __init__(self, config: Config, secret: bytes) -> None:
         self.config = config
         self.secret = secret
+        self.flash = Flash()
         # argon2id takes ~64 MiB and tens of ms per hash: off the event loop, two at a time.
         self.hash_limiter = trio.CapacityLimiter(2)
         self.dummy_hash: str | None = None
@@ -146,9 +191,12 @@ def dashboard_blueprints(config: Config) -> list[Blueprint]:
         static_url_path="/assets",
     )
     bp.record_once(lambda s: s.app.config.__setitem__("DASHBOARD", state))
+    # Errors outside any dashboard view (an unknown URL, a 405) reach the app's
+    # handlers; for a browser they render this page instead of JSON.
+    bp.record_once(lambda s: s.app.config.__setitem__("HTML_ERROR_PAGE", html_error_page))
     bp.before_request(_before)
     bp.after_request(_after)
-    bp.context_processor(_template_context)
+    bp.app_context_processor(_template_context)
     bp.add_app_template_filter(_num, "num")
     bp.add_app_template_filter(_when, "when")
     bp.add_app_template_filter(_usd, "usd")
@@ -165,7 +213,11 @@ def dashboard_blueprints(config: Config) -> list[Blueprint]:
         ("/dashboard/keys/<int:key_id>/regenerate", regenerate_key, ["POST"]),
         ("/dashboard/keys/<int:key_id>/revoke", revoke_key, ["POST"]),
         ("/dashboard/usage", usage, ["GET"]),
+        ("/dashboard/runs", runs, ["GET"]),
+        ("/dashboard/runs/<run_id>", run_detail, ["GET"]),
+        ("/dashboard/account", account_page, ["GET", "POST"]),
         ("/dashboard/topup", topup, ["GET", "POST"]),
+        ("/favicon.ico", favicon, ["GET"]),
     ):
         bp.add_url_rule(rule, view_func=view, methods=methods)
     blueprints = [bp]
@@ -226,7 +278,8 @@ def _csrf_for(browser: str, session_token: str) -> str:
 
 
 def csrf_token() -> str:
-    return _csrf_for(g.csrf_browser, _session_token())
+    browser = g.get("csrf_browser")
+    return _csrf_for(browser, _session_token()) if browser else ""
 
 
 async def _before() -> Response | None:
@@ -338,6 +391,37 @@ async def _error_page(status: int, title: str, message: str) -> Response:
     return await _page("error.html", status, title=title, message=message)
 
 
+_ERROR_TITLES = {
+    400: "Bad request",
+    403: "Not allowed",
+    404: "Page not found",
+    405: "Not allowed here",
+    413: "Too large",
+    429: "Too many requests",
+    500: "Something went wrong",
+    503: "Temporarily unavailable",
+}
+
+
+async def html_error_page(status: int, message: str) -> Response:
+    """An error page for a browser, outside any dashboard view (404, 405, 500 ...).
+
+    The dashboard's own hooks did not run: no session is looked up (the page must
+    render even when the database is down) and the security headers are set here.
+    """
+    g.setdefault("account", None)
+    title = _ERROR_TITLES.get(status, "Error")
+    if status == 404:
+        message = "There is no page at this address. Check the address, or start again from home."
+    response = await _error_page(status, title, message)
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 async def _store_error(exc: StoreError) -> Response:
     log.error("dashboard %s %s: %s", request.method, request.path, exc)
     response = await _error_page(
@@ -353,6 +437,7 @@ async def _template_context() -> dict[str, Any]:
         "csrf_token": csrf_token,
         "account": g.get("account"),
         "payments": config.payments,
+        "credits_contact": config.credits_contact,
         "signup_credits": config.signup_credits,
         "credits_per_usd": config.credits_per_usd,
         "topup_min_usd": config.topup_min_usd,
@@ -499,10 +584,9 @@ async def signup() -> Any:
         return await _page("signup.html", 400, errors=errors, email=email)
     key, _ = await store.create_key(account_id, "default")
     await _start_session(account_id)
-    g.account = Account(account_id, email)
     log.info("account %s signed up", account_id)
-    return await _keys_page(
-        g.account,
+    return _redirect_with(
+        "dashboard.keys",
         revealed=key,
         notice=f"Welcome! Your account starts with {state.config.signup_credits:,} free credits.",
     )
@@ -588,12 +672,25 @@ async def _keys_page(
     )
 
 
+def _redirect_with(endpoint: str, **message: Any) -> ResponseReturnValue:
+    """303 to ``endpoint``'s page, which shows ``message`` once (see :class:`Flash`)."""
+    _state().flash.put(_session_token(), **message)
+    return redirect(url_for(endpoint), 303)
+
+
 @login_required
-async def keys(account: Account) -> Response:
+async def keys(account: Account) -> ResponseReturnValue:
     store = app_state().store
     if request.method == "GET":
-        notice = "The key was revoked." if request.args.get("revoked") else None
-        return await _keys_page(account, notice=notice)
+        flash = _state().flash.take(_session_token())
+        if request.args.get("revoked"):
+            flash.setdefault("notice", "The key was revoked.")
+        return await _keys_page(
+            account,
+            revealed=flash.get("revealed"),
+            revealed_name=flash.get("revealed_name"),
+            notice=flash.get("notice"),
+        )
     form = await request.form
     name = " ".join(_form_value(form, "name", 200).split()) or "default"
     if len(name) > 64:
@@ -607,19 +704,19 @@ async def keys(account: Account) -> Response:
             errors={"name": f"You have {MAX_KEYS} keys already; revoke one first."},
         )
     key, _ = await store.create_key(account.id, name)
-    return await _keys_page(account, revealed=key, revealed_name=name)
+    return _redirect_with("dashboard.keys", revealed=key, revealed_name=name)
 
 
 @login_required
-async def regenerate_key(account: Account, key_id: int) -> Response:
+async def regenerate_key(account: Account, key_id: int) -> ResponseReturnValue:
     store = app_state().store
     try:
         key, new_id = await store.regenerate_key(account.id, key_id)
     except NotFoundError:
         return await _error_page(404, "No such key", "This key does not exist or was revoked.")
     name = next((r["name"] for r in await store.list_keys(account.id) if r["id"] == new_id), "")
-    return await _keys_page(
-        account,
+    return _redirect_with(
+        "dashboard.keys",
         revealed=key,
         revealed_name=name,
         notice="The old key was revoked and no longer works.",
@@ -644,11 +741,149 @@ async def usage(account: Account) -> Response:
         "usage.html",
         balance=balance,
         available=available,
-        chart=Markup(usage_svg(days)),
-        runs=await store.recent_runs(account.id, 50),
+        chart=Markup(usage_svg(days, name="wide")),
+        chart_narrow=Markup(usage_svg(days, width=360, label_every=10, name="narrow")),
+        runs=await store.recent_runs(account.id, RECENT_RUNS),
         ledger=await store.ledger_rows(account.id, 100),
         topped=request.args.get("topped"),
     )
+
+
+RUN_LANGUAGES = ("python", "javascript")
+TERMINATIONS = (
+    "exited",
+    "signal",
+    "timeout",
+    "oom",
+    "output_limit",
+    "credit_limit",
+    "sandbox_error",
+)
+TERMINATION_TEXT = {
+    "exited": "The program exited by itself.",
+    "signal": "The program died of a signal.",
+    "timeout": "Stopped at the time limit.",
+    "oom": "The sandbox ran out of memory.",
+    "output_limit": "Stopped at the output limit.",
+    "credit_limit": "Stopped: the account ran out of credits.",
+    "sandbox_error": "The sandbox failed (our fault; not charged).",
+}
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+@login_required
+async def runs(account: Account) -> Response:
+    language = request.args.get("language", "")
+    termination = request.args.get("termination", "")
+    language = language if language in RUN_LANGUAGES else ""
+    termination = termination if termination in TERMINATIONS else ""
+    page = request.args.get("page", "1")
+    page_no = min(int(page), 10_000) if page.isdigit() and int(page) >= 1 else 1
+    # One row more than a page: whether there is an older page, without a count(*).
+    rows = await app_state().store.list_runs(
+        account.id,
+        language=language or None,
+        termination=termination or None,
+        limit=RUNS_PAGE + 1,
+        offset=(page_no - 1) * RUNS_PAGE,
+    )
+    filters = {k: v for k, v in (("language", language), ("termination", termination)) if v}
+
+    def page_url(n: int) -> str:
+        params: dict[str, Any] = dict(filters)
+        if n > 1:
+            params["page"] = n
+        return url_for("dashboard.runs", **params)
+
+    return await _page(
+        "runs.html",
+        runs=rows[:RUNS_PAGE],
+        language=language,
+        termination=termination,
+        languages=RUN_LANGUAGES,
+        terminations=TERMINATIONS,
+        first=(page_no - 1) * RUNS_PAGE + 1,
+        last=(page_no - 1) * RUNS_PAGE + len(rows[:RUNS_PAGE]),
+        prev_url=page_url(page_no - 1) if page_no > 1 else None,
+        next_url=page_url(page_no + 1) if len(rows) > RUNS_PAGE else None,
+    )
+
+
+@login_required
+async def run_detail(account: Account, run_id: str) -> Response:
+    row = await app_state().store.run_for(account.id, run_id) if _RUN_ID.match(run_id) else None
+    if row is None:
+        return await _error_page(404, "No such run", "This run does not exist in your account.")
+    output = (
+        {"stdout": row["stdout"], "stderr": row["stderr"], "cut": row["cut"]}
+        if row["has_output"]
+        else None
+    )
+    return await _page(
+        "run.html",
+        run=row,
+        output=output,
+        termination_text=TERMINATION_TEXT.get(row["termination"], ""),
+        kept_bytes=_state().config.kept_output_bytes,
+    )
+
+
+@login_required
+async def account_page(account: Account) -> ResponseReturnValue:
+    state = _state()
+    store = app_state().store
+    if request.method == "GET":
+        flash = state.flash.take(_session_token())
+        return await _page("account.html", errors={}, notice=flash.get("notice"))
+    form = await request.form
+    current = _form_value(form, "current_password", PASSWORD_MAX)
+    new = _form_value(form, "new_password", PASSWORD_MAX + 1)
+    errors: dict[str, str] = {}
+    # The current password is what stops a borrowed session from taking the account
+    # over, so guessing it here counts against the same limits as logging in.
+    ip = request.remote_addr or "unknown"
+    by_email, by_ip = await store.login_failures(account.email, ip, LOGIN_WINDOW_S)
+    if by_email >= LOGIN_MAX_FAILURES_PER_EMAIL or by_ip >= LOGIN_MAX_FAILURES_PER_IP:
+        errors["form"] = (
+            f"Too many wrong passwords. Wait {LOGIN_WINDOW_S // 60} minutes, then try again."
+        )
+        response = await _page("account.html", 429, errors=errors, notice=None)
+        response.headers["Retry-After"] = str(LOGIN_WINDOW_S)
+        return response
+    row = await store.account_by_email(account.email)
+    ok = bool(current) and await state.verify_password(
+        row["password_hash"] if row else None, current
+    )
+    if current:
+        await store.record_login_attempt(account.email, ip, ok)
+    if not ok:
+        errors["current_password"] = "This is not your current password."
+    if len(new) < PASSWORD_MIN:
+        errors["new_password"] = f"Use at least {PASSWORD_MIN} characters."
+    elif len(new) > PASSWORD_MAX:
+        errors["new_password"] = f"Use at most {PASSWORD_MAX} characters."
+    elif new.strip().lower() == account.email.lower():
+        errors["new_password"] = "Choose a password that is not your e-mail address."
+    elif new == current and "current_password" not in errors:
+        errors["new_password"] = "Choose a password different from the current one."
+    if errors:
+        return await _page("account.html", 400, errors=errors, notice=None)
+    await store.set_password(account.id, await state.hash_password(new))
+    # Whoever else knew the old password is logged out everywhere; this browser stays in.
+    await store.delete_account_sessions(account.id)
+    await _start_session(account.id)
+    log.info("account %s changed its password", account.id)
+    return _redirect_with(
+        "dashboard.account_page",
+        notice="Your password was changed; your other sessions are logged out.",
+    )
+
+
+async def favicon() -> Response:
+    """The logo, for browsers that ask for /favicon.ico whatever the page says."""
+    response = await send_file(LOGO, mimetype="image/svg+xml")
+    response.headers["Cache-Control"] = "public, max-age=86400"
+    return response
 
 
 async def _topup_page(

@@ -7,16 +7,39 @@ from typing import Any
 from ._config import Config
 from ._runs import LANGUAGE_ALIASES
 
+LANGUAGES = ("python", "javascript")
 
-def _error(description: str, retry: bool = False) -> dict[str, Any]:
+
+_COUNT = {"type": "string", "pattern": "^[0-9]+$"}
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {
+        "description": "Requests this key may make per second (its token bucket's rate)",
+        "schema": _COUNT,
+    },
+    "RateLimit-Remaining": {
+        "description": "Requests this key may still make right now",
+        "schema": _COUNT,
+    },
+    "RateLimit-Reset": {
+        "description": "Seconds until the bucket is full again",
+        "schema": _COUNT,
+    },
+}
+_RETRY_AFTER = {"description": "Seconds to wait before retrying", "schema": _COUNT}
+
+
+def _error(
+    description: str, *, retry: bool = False, extra_headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+    headers = dict(extra_headers or {})
     if retry:
-        response["headers"] = {
-            "Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait"}
-        }
+        headers["Retry-After"] = _RETRY_AFTER
+    if headers:
+        response["headers"] = headers
     return response
 
 
@@ -46,6 +69,87 @@ _EVENT_STREAM: dict[str, Any] = {
         "error": {"$ref": "#/components/schemas/Error"},
     },
 }
+
+
+def _common_errors() -> dict[str, Any]:
+    """Errors any operation can answer (the body is always an ``Error``)."""
+    return {
+        "404": _error("No such endpoint"),
+        "405": _error("Method not allowed on this path (see the Allow header)"),
+        "500": _error("A bug of ours; the message quotes a request id to report"),
+    }
+
+
+def _ci_pattern(names: list[str]) -> str:
+    """A pattern matching ``names`` in any case, with whitespace around (as the server does)."""
+    spelled = [
+        "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in name) for name in names
+    ]
+    # str.strip()'s whitespace: \s in Python and in Rust (schemathesis validates with
+    # jsonschema_rs) is Unicode White_Space, which lacks U+001C..U+001F.
+    space = r"[\s\x1c-\x1f]*"
+    return "^" + space + "(?:" + "|".join(spelled) + ")" + space + "$"
+
+
+def languages_schema() -> dict[str, Any]:
+    """The body of ``GET /languages``, as ``api._health.languages_document`` builds it."""
+    integer = {"type": "integer", "minimum": 0}
+    return {
+        "type": "object",
+        "required": ["languages", "limits", "environment"],
+        "properties": {
+            "languages": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "aliases", "version", "runtime", "file"],
+                    "properties": {
+                        "name": {"type": "string", "enum": ["python", "javascript"]},
+                        "aliases": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Other names accepted as language",
+                        },
+                        "version": {"type": "string", "description": "Empty when unknown"},
+                        "runtime": {"type": "string", "description": "The runsc runtime"},
+                        "file": {"type": "string", "description": "Where the code is saved"},
+                    },
+                },
+            },
+            "limits": {
+                "type": "object",
+                "required": [
+                    "timeoutSeconds",
+                    "memoryBytes",
+                    "outputBytes",
+                    "codeBytes",
+                    "stdinBytes",
+                    "tmpBytes",
+                    "processes",
+                    "network",
+                ],
+                "properties": {
+                    "timeoutSeconds": {"type": "number", "exclusiveMinimum": 0},
+                    "memoryBytes": integer,
+                    "outputBytes": integer,
+                    "codeBytes": integer,
+                    "stdinBytes": integer,
+                    "tmpBytes": integer,
+                    "processes": integer,
+                    "network": {"type": "string", "enum": ["none"]},
+                },
+            },
+            "environment": {
+                "type": "object",
+                "description": "What a program sees inside the sandbox (cwd, HOME, LANG, ...)",
+                "additionalProperties": {"type": "string"},
+            },
+        },
+    }
+
+
+def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def openapi_document(config: Config) -> dict[str, Any]:
@@ -100,8 +204,37 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "schemas": {
                 "Error": {
                     "type": "object",
+                    "description": "Every error the server answers, whatever its status",
                     "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
+                    "properties": {
+                        "error": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "What went wrong and what to do, for a person",
+                        }
+                    },
+                },
+                "Languages": languages_schema(),
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["status", "checks"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                        "checks": {
+                            "type": "object",
+                            "description": "One entry per check (database, engine, pool:...)",
+                            "additionalProperties": {
+                                "type": "object",
+                                "required": ["ok"],
+                                "properties": {"ok": {"type": "boolean"}},
+                            },
+                        },
+                    },
                 },
                 "RunRequest": {
                     "type": "object",
@@ -115,10 +248,13 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "language": {
                             "type": "string",
                             "default": "python",
-                            # The server also takes these in any case, with spaces around.
-                            "enum": sorted(LANGUAGE_ALIASES),
-                            "description": "python or javascript; aliases python3, py, js, "
-                            "node, nodejs (case-insensitive)",
+                            # Exactly what the server takes: a name in any case, with
+                            # whitespace around (an enum would call "Python" invalid).
+                            "pattern": _ci_pattern(list(LANGUAGE_ALIASES)),
+                            "examples": ["python", "javascript"],
+                            "description": "python or javascript; also "
+                            + ", ".join(n for n in LANGUAGE_ALIASES if n not in LANGUAGES)
+                            + ". Case-insensitive, surrounding whitespace ignored.",
                         },
                         "stdin": {
                             "type": ["string", "null"],
@@ -132,6 +268,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "paths": {
             "/run": {
                 "post": {
+                    "operationId": "run",
                     "summary": "Run code in a fresh sandbox",
                     "security": [{"bearer": []}],
                     "parameters": [
@@ -161,6 +298,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                                     "authorizing, running and settling",
                                     "schema": {"type": "string"},
                                 },
+                                **RATE_LIMIT_HEADERS,
                             },
                             "content": {
                                 "application/json": {
@@ -169,61 +307,90 @@ def openapi_document(config: Config) -> dict[str, Any]:
                                 "text/event-stream": _EVENT_STREAM,
                             },
                         },
-                        "400": _error("The body is not valid"),
-                        "401": _error("Missing, unknown or revoked API key"),
+                        "400": _error(
+                            "The body is not valid (the message says what is wrong; for a "
+                            "bad language it lists every accepted name)"
+                        ),
+                        "401": _error(
+                            "Missing, unknown or revoked API key",
+                            extra_headers={
+                                "WWW-Authenticate": {
+                                    "description": 'Always Bearer realm="cinch"',
+                                    "schema": {"type": "string", "pattern": "^Bearer"},
+                                }
+                            },
+                        ),
                         "402": _error("Out of credits"),
-                        "409": _error("Idempotency-Key reused with another body"),
-                        "413": _error("Code or stdin too large"),
-                        "429": _error("Rate limited", retry=True),
-                        "503": _error("No capacity right now", retry=True),
+                        "409": _error(
+                            "Idempotency-Key reused with another body, or its first "
+                            "request is still running"
+                        ),
+                        "413": _error("Code or stdin (or the whole body) too large"),
+                        "429": _error(
+                            "Rate limited: too many requests or runs at once for this key, "
+                            "or too many invalid keys from this address",
+                            retry=True,
+                        ),
+                        "503": _error(
+                            "No sandbox available right now, or the credits database is "
+                            "unavailable",
+                            retry=True,
+                        ),
+                        **_common_errors(),
                     },
                 }
             },
             "/languages": {
                 "get": {
+                    "operationId": "getLanguages",
                     "summary": "Runtimes, limits and the sandbox environment",
                     "responses": {
-                        "200": {
-                            "description": "OK",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
+                        "200": _json_ok("OK", {"$ref": "#/components/schemas/Languages"}),
+                        **_common_errors(),
                     },
                 }
             },
             "/healthz": {
                 "get": {
+                    "operationId": "getHealth",
                     "summary": "Liveness",
                     "responses": {
-                        "200": {
-                            "description": "OK",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
+                        "200": _json_ok("OK", {"$ref": "#/components/schemas/Health"}),
+                        **_common_errors(),
                     },
                 }
             },
             "/readyz": {
                 "get": {
+                    "operationId": "getReadiness",
                     "summary": "Readiness: database, engine, pools",
                     "responses": {
-                        "200": {
-                            "description": "Ready",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
-                        "503": {
-                            "description": "Not ready",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
+                        "200": _json_ok("Ready", {"$ref": "#/components/schemas/Readiness"}),
+                        "503": _json_ok("Not ready", {"$ref": "#/components/schemas/Readiness"}),
+                        **_common_errors(),
                     },
                 }
             },
             "/metrics": {
                 "get": {
+                    "operationId": "getMetrics",
                     "summary": "Prometheus metrics",
                     "responses": {
                         "200": {
                             "description": "OK",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        **_common_errors(),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": _json_ok("OK", {"type": "object"}),
+                        **_common_errors(),
                     },
                 }
             },

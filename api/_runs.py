@@ -48,6 +48,8 @@ LANGUAGE_ALIASES = {
     "node": "javascript",
     "nodejs": "javascript",
 }
+# Every accepted name, for the 400 message: "python", "python3", "py", "javascript", ...
+LANGUAGE_CHOICES = ", ".join(f'"{name}"' for name in LANGUAGE_ALIASES)
 HOLD_STEP = 500  # credits held ahead of use, per half second
 # How long a finished run's charge is retried before giving up: a database
 # restart (seconds) delays the answer instead of losing it.
@@ -78,7 +80,7 @@ def parse_run_body(raw: bytes, max_code_bytes: int, max_stdin_bytes: int) -> Par
     if not isinstance(language, str) or language.strip().lower() not in LANGUAGE_ALIASES:
         raise ApiError(
             400,
-            '"language" must be "python" or "javascript" (or "js", "node", "python3"); '
+            f'"language" must be one of {LANGUAGE_CHOICES} (in any case); '
             f"got {json.dumps(language, ensure_ascii=False)[:50]}",
         )
     stdin = body.get("stdin")
@@ -363,7 +365,9 @@ async def _run(
         if start.status is Begin.NO_CREDITS:
             raise ApiError(
                 402,
-                "out of credits: top up in your dashboard",
+                "out of credits: top up in your dashboard"
+                if config.payments != "none"
+                else f"out of credits: ask {config.credits_contact} for more",
                 headers={"X-Credits-Remaining": "0"},
             )
         assert start.status is Begin.OK
@@ -399,6 +403,8 @@ async def _run(
             settlement = await _finish(state, start, run_id, idem, result, body)
             settled = True
             timing.mark("settle")
+            if settlement.first:
+                await _keep_output(state, run_id, result)
         metrics = state.metrics
         metrics.runs.labels(result.language, result.termination.value).inc()
         metrics.run_duration.labels(result.language).observe(result.duration_ms / 1000)
@@ -602,6 +608,33 @@ async def _finish(
         "returned and not charged again)",
         headers={"Retry-After": "2"},
     )
+
+
+def _head(text: str, limit: int) -> tuple[str, bool]:
+    """The first ``limit`` UTF-8 bytes of ``text`` (whole characters), and whether it was cut."""
+    raw = text.encode("utf-8", "replace")
+    # Postgres text cannot hold NUL: show it as the NUL symbol.
+    head = raw[:limit].decode("utf-8", "ignore").replace("\x00", "\u2400")
+    return head, len(raw) > limit
+
+
+async def _keep_output(state: AppState, run_id: str, result: RunResult) -> None:
+    """Keep the head of a run's output for the dashboard's run page (never raises).
+
+    Not part of the result's contract: a failure here costs only that page.
+    """
+    limit = state.config.kept_output_bytes
+    if not limit:
+        return
+    stdout, cut_out = _head(result.stdout, limit)
+    stderr, cut_err = _head(result.stderr, limit)
+    with trio.move_on_after(2):
+        try:
+            await state.store.keep_run_output(
+                run_id, stdout, stderr, cut_out or cut_err or result.truncated
+            )
+        except StoreError as exc:
+            log.warning("request %s: output not kept: %s", run_id, exc)
 
 
 async def _abort(state: AppState, run_id: str) -> None:

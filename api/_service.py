@@ -36,6 +36,7 @@ from ._http_limits import serve as http_serve
 from ._ledger import HEARTBEAT_S
 from ._leftovers import DATA_DIR_LABEL, remove_dead
 from ._pools import Pools, open_pools, sandbox_cgroup_parent
+from ._reasons import install as install_reason_phrases
 from ._state import app_state
 from ._store import Store, StoreError
 
@@ -215,6 +216,7 @@ async def _serve_with_pools(
         languages_info=languages_info,
         blueprints=_extra_blueprints(config),
     )
+    install_reason_phrases()
     hc = HypercornConfig()
     hc.bind = [f"{config.host}:{config.port}"]
     hc.accesslog = None

@@ -86,7 +86,11 @@ def containers_of(owner: str, *, client: Any = None, all_states: bool = True) ->
     client = client or docker_client()
     try:
         return list(
-            client.containers.list(all=all_states, filters={"label": f"cinch.owner={owner}"})
+            # ignore_removed: one removed between the engine's list and docker-py's
+            # inspect of each entry is simply gone, not an error.
+            client.containers.list(
+                all=all_states, filters={"label": f"cinch.owner={owner}"}, ignore_removed=True
+            )
         )
     finally:
         if own:

@@ -24,6 +24,7 @@ PUBLIC = {
     "dashboard.signup",
     "dashboard.login",
     "dashboard.static",
+    "dashboard.favicon",
 }
 
 
@@ -41,7 +42,7 @@ def _dashboard_routes(tmp_path: Path) -> list[tuple[str, str, str]]:
     for rule in app.url_map.iter_rules():
         if not rule.endpoint.startswith("dashboard."):
             continue
-        url = re.sub(r"<int:\w+>", "1", rule.rule)
+        url = re.sub(r"<(?:int:)?\w+>", "1", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             routes.append((rule.endpoint, method, url))
     return routes
@@ -57,6 +58,9 @@ def test_every_page_but_home_docs_signup_and_login_needs_a_session(cinch_live, t
         "dashboard.regenerate_key",
         "dashboard.revoke_key",
         "dashboard.dashboard",
+        "dashboard.runs",
+        "dashboard.run_detail",
+        "dashboard.account_page",
     }
     keys_before = cinch_live.query("SELECT count(*) AS n FROM api_keys")[0]["n"]
     payments_before = cinch_live.query("SELECT count(*) AS n FROM payments")[0]["n"]

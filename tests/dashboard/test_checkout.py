@@ -134,7 +134,7 @@ async def _signup(client: Any) -> str:
     r = await client.post(
         "/signup", form={"csrf_token": token, "email": email, "password": PASSWORD}
     )
-    assert r.status_code == 200
+    assert r.status_code == 303
     return email
 
 

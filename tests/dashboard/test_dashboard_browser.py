@@ -105,7 +105,9 @@ def test_sign_up_run_see_usage_regenerate_and_top_up(cinch_live, browser):
     ]
     assert kinds == ["charge", "grant"]
     assert b.find_element(By.CSS_SELECTOR, "svg.chart").get_attribute("role") == "img"
-    assert len(b.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")) == 30
+    # Two drawings, one shown: the desktop one here (the phone one is for narrow screens).
+    assert len(b.find_elements(By.CSS_SELECTOR, "svg.chart.wide rect.bar")) == 30
+    assert not b.find_element(By.CSS_SELECTOR, "svg.chart.narrow").is_displayed()
     screenshot(b, "04-usage")
 
     # Regenerate: a new key is shown once, and the old key fails on the very next request.

@@ -82,6 +82,10 @@ class Web:
     def signup(self, email: str, password: str = PASSWORD) -> str:
         """Sign up (logged in afterwards); returns the API key shown once."""
         r = self.post("/signup", {"email": email, "password": password}, token_from="/signup")
+        # POST/redirect/GET: the key waits for the page the redirect shows.
+        assert r.status_code == 303, r.text[:2000]
+        assert r.headers["Location"] == "/dashboard/keys"
+        r = self.get("/dashboard/keys")
         assert r.status_code == 200, r.text[:2000]
         key = text_of(r.text, "new-key")
         assert key is not None, "no key shown after sign-up"

@@ -56,7 +56,15 @@ def test_dead_instances_sandboxes_are_removed_and_live_ones_kept(
             assert post_run(server.base_url, server.new_key(), "print(1)").status == 200
         os.kill(a.process.pid, signal.SIGKILL)
         a.process.wait(10)
+        # A removal the dead instance had already asked for may still be under way
+        # in the engine: wait until its leftovers stop changing.
         left = containers_of(owner_a)
+        for _ in range(20):
+            time.sleep(1)
+            now = containers_of(owner_a)
+            if {c.id for c in now} == {c.id for c in left}:
+                break
+            left = now
         assert left, "a killed instance leaves its sandboxes"
         labels = left[0].labels
         assert labels["cinch.data-dir"] == str((tmp_path / "a").resolve())
