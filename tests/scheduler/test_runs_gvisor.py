@@ -704,6 +704,11 @@ def test_restart_after_kill_9_leaves_no_container_behind(
         r = _post_run(first.base_url, key, "print(2 + 2)")
         assert r.status_code == 200, r.text
         assert r.json()["stdout"] == "4\n"
+        # Its sandbox is destroyed after the answer: wait for that, or the snapshot
+        # below may hold a container the engine is still removing at our request.
+        deadline = time.monotonic() + 30
+        while len(_owned(client, owner)) > 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
 
         # A run in flight when the process dies: its sandbox must not outlive it either.
         in_flight = threading.Thread(
