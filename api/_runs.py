@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -334,6 +335,16 @@ async def _run(
         # Draining for a restart: say so before touching the database.
         raise ApiError(
             503, "Cinch is restarting; retry in a moment", headers={"Retry-After": "2"}
+        )
+    refused = state.scheduler.refuses(parsed.language)
+    if refused is not None:
+        # Overloaded for everyone: answer before the database round trips.
+        queue_budget = state.scheduler.admit_budget_s
+        raise ApiError(
+            503,
+            f"no sandbox available right now: the predicted wait is {refused:.1f} s, "
+            f"over the {queue_budget:g} s this server queues for",
+            headers={"Retry-After": str(max(1, math.ceil(refused - queue_budget)))},
         )
     start = await _begin(state, slot._key_hash, run_id, idem)
     timing.mark("auth")

@@ -2,9 +2,9 @@
 
 A :class:`WarmPool` keeps a target number of sandboxes of one language started,
 attached and ready. The target follows demand (Little's law: the arrival rate
-times the start time, with headroom) between ``size`` (the minimum) and
-``max_size``, and decays back to the minimum when arrivals stop; a surplus above
-the target is destroyed within seconds.  The oldest (the head) stays unpaused, so taking it costs nothing;
+times the start time, plus headroom for the 99th percentile of arrivals) between
+``size`` (the minimum) and ``max_size``, and decays back to the minimum when
+arrivals stop; a surplus above the target is destroyed within seconds. The oldest (the head) stays unpaused, so taking it costs nothing;
 the others are paused when ``pause_idle`` is set.  Taking a sandbox unpauses the
 next one and starts a replacement at once.  Starts are limited across pools by a
 shared :class:`trio.CapacityLimiter`, back off after failures, and stop for a
@@ -30,7 +30,7 @@ log = logging.getLogger("cinch.pool")
 
 # Demand-following targets (see _Demand).
 RATE_TAU_S = 5.0  # time constant of the arrival-rate estimate
-DEMAND_HEADROOM = 1.5
+DEMAND_Z = 2.33  # the normal quantile of 99%: the target covers 99% of start windows
 DEFAULT_START_ESTIMATE_S = 0.6  # until the first start is measured
 START_ALPHA = 0.2
 SHRINK_AFTER_S = 2.0  # a surplus above the target lasting this long is destroyed
@@ -543,8 +543,13 @@ class _Demand:
             self.start_s += START_ALPHA * (seconds - self.start_s)
 
     def target(self, minimum: int, maximum: int) -> int:
-        # Little's law: sandboxes consumed during one start, with headroom.
-        need = math.ceil(self.rate() * self.start_s * DEMAND_HEADROOM - 0.05)
+        # Little's law: on average rate x start time sandboxes are taken while one
+        # replacement starts. Arrivals are bursty (Poisson at best), so hold enough
+        # for the 99th percentile of that count, not its mean: mean + z * sqrt(mean).
+        mean = self.rate() * self.start_s
+        if mean < 0.05:
+            return minimum
+        need = math.ceil(mean + DEMAND_Z * math.sqrt(mean))
         return max(minimum, min(maximum, need))
 
 

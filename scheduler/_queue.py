@@ -152,8 +152,9 @@ def predict_wait_s(
 
     ``ready`` sandboxes serve the first positions at once. Beyond them, each
     position costs one interval of the measured service rate, or without a
-    measurement one loaded start time per start slot (the ``starting`` sandboxes
-    already under way arrive within one start time).
+    measurement in rounds of one loaded start time per ``start_slots`` starts (the
+    sandboxes already starting, and starts free slots can begin now, arrive
+    within the first round).
     """
     beyond = position - ready
     if beyond <= 0:
@@ -161,6 +162,10 @@ def predict_wait_s(
     if measured_rate is not None and measured_rate > 0:
         return beyond / measured_rate
     start_s = max(0.05, start_estimate_s) * LOADED_START_FACTOR
-    if beyond <= starting:
+    slots = max(1, math.floor(start_slots))
+    # The starts under way and those free slots can begin now arrive within one
+    # start; each further round of ``slots`` starts takes one more.
+    now = starting + max(0, slots - starting)
+    if beyond <= now:
         return start_s
-    return start_s + (beyond - starting) * start_s / max(1.0, start_slots)
+    return start_s + math.ceil((beyond - now) / slots) * start_s

@@ -134,6 +134,15 @@ class Scheduler:
             start_slots=slots / busy if len(queue) else slots,
         )
 
+    def refuses(self, language: str) -> float | None:
+        """If a run of ``language`` arriving now would be refused whoever sent it, the
+        predicted wait; else None. Lets the caller answer 503 before any other work
+        (the best case is a new account's run: first in its round)."""
+        if language not in self._pools or not len(self._queues[language]):
+            return None
+        predicted = self.predicted_wait_s(language, "\0nobody")
+        return predicted if predicted > self.admit_budget_s else None
+
     def _start_slots(self) -> int:
         pool = next(iter(self._pools.values()), None)
         return 1 if pool is None else pool.start_slots

@@ -133,8 +133,10 @@ def test_two_hundred_requests_against_pools_of_four(
         after = rss_bytes(pid)
 
         # Some ran, and the cap per key and the queue turned the rest away, cleanly.
+        # (At least one: the second burst may find the pools not yet refilled, and a
+        # run whose predicted wait exceeds the short queue budget is refused at once.)
         for counts in (counts1, counts2):
-            assert counts.get(200, 0) >= 4, counts
+            assert counts.get(200, 0) >= 1, counts
             assert counts.get(429, 0) + counts.get(503, 0) >= REQUESTS // 2, counts  # overloaded
         assert peak1 - baseline < 150 * MIB, (baseline, peak1)
         assert peak2 < peak1 + 50 * MIB, (peak1, peak2)

@@ -3,6 +3,8 @@ predicted wait, demand-following pool targets, bounded starts, CPU weights."""
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 import trio.testing
 
@@ -51,13 +53,13 @@ def test_predict_wait() -> None:
         )
         == 2.0
     )
-    # Estimated: the sandboxes starting arrive within one loaded start, the rest
-    # one loaded start per slot each.
+    # Estimated: the two starting arrive within one loaded start (1 s), the other
+    # four in two more rounds of two slots.
     assert (
         predict_wait_s(
             position=6, ready=0, starting=2, measured_rate=None, start_estimate_s=0.5, start_slots=2
         )
-        == 1.0 + 4 * 1.0 / 2
+        == 1.0 + 2 * 1.0
     )
 
 
@@ -199,3 +201,25 @@ async def test_client_leaving_the_queue_loses_no_sandbox(
         result = await s.run("out:y")
         assert result.stdout == "y"
         assert result.queue_ms == 0
+
+
+async def test_refuses_says_when_nobody_would_be_admitted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = CountingBackend()
+    backend.start_delay_s = 1.0
+    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=4) as s:
+        assert s.scheduler.refuses("python") is None  # a warm sandbox
+
+        async def one() -> None:
+            with contextlib.suppress(NoCapacity):
+                await s.run("sleep:5")
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+            refused = s.scheduler.refuses("python")
+            assert refused is not None, (s.scheduler.statistics(), s.pool.statistics())
+            assert refused > s.scheduler.admit_budget_s
+            nursery.cancel_scope.cancel()
