@@ -171,9 +171,9 @@ async def test_a_line_every_200_ms_arrives_as_it_is_printed(
     assert seen[-1].event == "result"
     assert len(chunks) >= 5, seen
     assert chunks[0].at_s < 0.3, [round(c.at_s, 3) for c in chunks]
-    # Each line while the program still runs, about when it was printed (200 ms apart).
-    for i, line_at in enumerate(_line_times(chunks)):
-        assert line_at < 0.2 * i + 0.3, [round(c.at_s, 3) for c in chunks]
+    # Each line while the program still runs, not all at the end: they arrive spread
+    # over the program's second, before the result. (Not each within a fixed bound of
+    # its own 200 ms tick: on a loaded machine the program's own sleeps drift.)
     assert _line_times(chunks)[4] - _line_times(chunks)[0] > 0.6
     result = seen[-1].data
     assert result["stdout"] == text_of(seen, "stdout") == "".join(f"line {i}\n" for i in range(5))
