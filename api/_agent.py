@@ -115,11 +115,17 @@ class AgentState:
                 warm=s.ready,
                 starting=s.starting,
                 capacity=s.max_size,
+                minimum=s.min_size,
                 in_flight=self.in_flight.get(name, 0),
                 queued=sched.queued_by_language.get(name, 0),
                 predicted_wait_s=round(sched.predicted_wait_s.get(name, 0.0), 3),
             )
-        return Levels(self.epoch, not self.scheduler.accepting, languages)
+        return Levels(
+            self.epoch,
+            not self.scheduler.accepting,
+            languages,
+            runs_total=sum(sched.runs_total.values()),
+        )
 
     def warm_now(self, language: str) -> bool:
         """Whether a run of ``language`` would get a sandbox without waiting."""

@@ -228,7 +228,13 @@ def router_checks(stats: RouterStatistics, router: Router) -> dict[str, Any]:
     }
     for name in ("python", "javascript"):
         ready = stats.warm.get(name, 0)
-        checks[f"pool:{name}"] = {"ok": ready > 0, "ready": ready}
+        size = sum(
+            v.levels.languages[name].minimum
+            for v in router.agents
+            if v.routable and v.levels is not None and name in v.levels.languages
+        )
+        # Like cinch serve: ready needs a warm sandbox, unless none is kept when idle.
+        checks[f"pool:{name}"] = {"ok": ready > 0 or size == 0, "ready": ready, "size": size}
     return checks
 
 

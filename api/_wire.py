@@ -32,6 +32,7 @@ class LanguageLevels:
     warm: int = 0
     starting: int = 0
     capacity: int = 0
+    minimum: int = 0  # the fewest warm sandboxes the pool keeps
     in_flight: int = 0
     queued: int = 0
     predicted_wait_s: float = 0.0
@@ -48,16 +49,19 @@ class Levels:
     epoch: str
     draining: bool
     languages: dict[str, LanguageLevels] = field(default_factory=dict)
+    runs_total: int = 0  # runs this agent finished since it started
 
     def to_json(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "draining": self.draining,
+            "runsTotal": self.runs_total,
             "languages": {
                 name: {
                     "warm": lv.warm,
                     "starting": lv.starting,
                     "capacity": lv.capacity,
+                    "min": lv.minimum,
                     "inFlight": lv.in_flight,
                     "queued": lv.queued,
                     "predictedWaitS": lv.predicted_wait_s,
@@ -80,12 +84,14 @@ class Levels:
                         warm=int(lv["warm"]),
                         starting=int(lv["starting"]),
                         capacity=int(lv["capacity"]),
+                        minimum=int(lv.get("min", 0)),
                         in_flight=int(lv["inFlight"]),
                         queued=int(lv["queued"]),
                         predicted_wait_s=float(lv["predictedWaitS"]),
                     )
                     for name, lv in dict(body["languages"]).items()
                 },
+                runs_total=int(body.get("runsTotal", 0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise WireError(f"bad pool levels: {exc!r}") from exc
