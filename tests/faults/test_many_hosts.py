@@ -56,6 +56,8 @@ API_ENV = {
     "CINCH_QUEUE_TIMEOUT_S": "30",
     "CINCH_AUTH_FAILURES_BURST": "1000000",
     "CINCH_AGENT_POLL_S": "0.3",
+    # Counted in the database: both replicas together allow 3 runs of a key at once.
+    "CINCH_MAX_CONCURRENT_PER_KEY": "3",
 }
 
 
@@ -220,7 +222,7 @@ def post(
     return Answer(r.status_code, r.json(), r.headers, time.monotonic() - t0)
 
 
-def assert_ledger(c: Cluster, key: str, answers: list[Answer | Exception]) -> None:
+def assert_ledger(c: Cluster, keys: str | list[str], answers: list[Answer | Exception]) -> None:
     """SCALE-OUT.md section 8: balances are sums of rows; every charge has a delivered
     result (and every delivered result its charge); no hold is left behind."""
     from api._store import hash_key
@@ -228,8 +230,8 @@ def assert_ledger(c: Cluster, key: str, answers: list[Answer | Exception]) -> No
     assert ledger_mismatches(c.db) == []
     rows = c.db.query(
         "SELECT l.ref, -l.amount AS credits FROM ledger l JOIN api_keys k "
-        "ON k.account_id = l.account_id WHERE k.key_hash = $1 AND l.kind = 'charge'",
-        hash_key(key),
+        "ON k.account_id = l.account_id WHERE k.key_hash = ANY($1) AND l.kind = 'charge'",
+        [hash_key(k) for k in ([keys] if isinstance(keys, str) else keys)],
     )
     charged = {r["ref"]: int(r["credits"]) for r in rows}
     delivered = {
@@ -294,6 +296,20 @@ def test_idempotency_key_holds_across_replicas(cluster: Cluster) -> None:
     assert ledger_mismatches(cluster.db) == []
 
 
+def test_per_key_concurrency_holds_across_replicas(cluster: Cluster) -> None:
+    key = cluster.db.new_key(1_000_000)
+    code = "import time\ntime.sleep(2)\nprint('in')"
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(post, cluster.apis[i % 2], key, code) for i in range(4)]
+        answers = [f.result(timeout=120) for f in futures]
+    statuses = sorted(a.status if isinstance(a, Answer) else -1 for a in answers)
+    # Each replica alone would allow 3; together they allow 3, not 6.
+    assert statuses == [200, 200, 200, 429], answers
+    limited = next(a for a in answers if isinstance(a, Answer) and a.status == 429)
+    assert limited.headers["Retry-After"] == "1"
+    assert_ledger(cluster, key, answers)
+
+
 # -- drills ----------------------------------------------------------------------------------
 
 
@@ -349,7 +365,7 @@ def test_agent_kill_9_under_load(cluster: Cluster) -> None:
     Runs in flight on it are retried once elsewhere (or 503); both replicas route
     around it within 1 s; no credit is lost or invented; restarted on its data
     dir, it removes the sandboxes the dead process left."""
-    key = cluster.db.new_key(10_000_000)
+    keys = [cluster.db.new_key(10_000_000) for _ in range(4)]
     victim = cluster.agents[0]
     owner = instance_id(victim.data_dir)
     stop_at = time.monotonic() + 9.0
@@ -359,7 +375,7 @@ def test_agent_kill_9_under_load(cluster: Cluster) -> None:
     def loop(worker: int) -> None:
         i = 0
         while time.monotonic() < stop_at and i < 200:
-            a = post(cluster.apis[(worker + i) % 2], key, f"print({i})")
+            a = post(cluster.apis[(worker + i) % 2], keys[worker], f"print({i})")
             with lock:
                 answers.append(a)
             i += 1
@@ -397,7 +413,7 @@ def test_agent_kill_9_under_load(cluster: Cluster) -> None:
         assert "Retry-After" in a.headers
     assert len(failed) <= 2, failed
     assert len(ok) >= 10
-    assert_ledger(cluster, key, answers)
+    assert_ledger(cluster, keys, answers)
     # The engine would restart it; here the test does, on the same data dir.
     assert left_behind, "the agent should have had warm sandboxes"
     cluster.agents[0] = respawn(victim)
