@@ -191,6 +191,7 @@ def create_agent_app(
 
     @app.post(RUNS_PATH)
     async def run() -> Response:
+        t_arrival = trio.current_time()
         raw = await request.get_data(cache=False)
         try:
             body = json.loads(raw)
@@ -210,7 +211,7 @@ def create_agent_app(
             return _json({"error": f"unsupported language {run_request.language!r}"}, 400, state)
         if warm_only and not state.warm_now(run_request.language):
             return _json({"error": "no warm sandbox"}, 409, state)
-        return await _start(state, run_request, PushedBudget(paid_ms), streamed)
+        return await _start(state, run_request, PushedBudget(paid_ms), streamed, t_arrival)
 
     @app.post(RUNS_PATH + "/<run_id>/budget")
     async def budget(run_id: str) -> Response:
@@ -237,7 +238,11 @@ def create_agent_app(
 
 
 async def _start(
-    state: AgentState, run_request: RunRequest, budget: PushedBudget, streamed: bool
+    state: AgentState,
+    run_request: RunRequest,
+    budget: PushedBudget,
+    streamed: bool,
+    t_arrival: float,
 ) -> Response:
     """Admit the run (its errors are plain JSON answers), then stream its events."""
     run_id, language = run_request.request_id, run_request.language
@@ -275,8 +280,10 @@ async def _start(
             state.runs.pop(run_id, None)
             if status.done:
                 state.in_flight[language] -= 1
+            # agentMs: the agent's own share of the call, so the caller can tell the hop.
+            agent_ms = round((trio.current_time() - t_arrival) * 1000, 3)
             line = (
-                {"event": "result", "result": result_to_json(result)}
+                {"event": "result", "result": result_to_json(result), "agentMs": agent_ms}
                 if result is not None
                 else {"event": "error", "error": "the run failed on the agent"}
             )

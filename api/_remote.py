@@ -141,11 +141,13 @@ class AgentClient:
         read_timeout_s: float,
         on_output: Callable[[str, str], None] | None = None,
         on_started: Callable[[Levels | None], None] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> RunResult:
         """``POST /v1/runs``: the result of ``request`` run on this agent.
 
         ``on_started`` is called once the agent admitted the run (the answer's
-        headers arrived), with the levels they carry.
+        headers arrived), with the levels they carry.  ``timings["agent_ms"]``
+        gets the agent's own share of the call.
         """
         body = encode_line(
             {
@@ -182,6 +184,8 @@ class AgentClient:
                     kind = event.get("event")
                     if kind == "result":
                         result = result_from_json(event["result"])
+                        if timings is not None:
+                            timings["agent_ms"] = float(event.get("agentMs", 0.0))
                     elif kind == "error":
                         error = str(event.get("error"))
                     elif on_output is not None and kind in ("stdout", "stderr"):

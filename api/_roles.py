@@ -255,6 +255,12 @@ def _router_samples(router: Router) -> list[tuple[str, str, str, float]]:
         ("counter", "cinch_route_lost", "Runs whose agent failed mid-run", s.lost_total),
         ("counter", "cinch_route_retried", "Lost runs retried on another agent", s.retried_total),
         ("counter", "cinch_agent_downs", "Times an agent was marked down", s.down_total),
+        (
+            "gauge",
+            "cinch_agent_hop_p50_seconds",
+            "Median time of an agent call less the agent's own share (last 512 calls)",
+            (s.hop_p50_ms or 0.0) / 1000,
+        ),
     ]
 
 

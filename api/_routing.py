@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
+import statistics
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -86,6 +87,7 @@ class AgentApi(Protocol):
         read_timeout_s: float,
         on_output: Callable[[str, str], None] | None = None,
         on_started: Callable[[Levels | None], None] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> RunResult: ...
 
 
@@ -153,6 +155,8 @@ class RouterStatistics:
     retried_total: int  # of those, retried elsewhere
     down_total: int  # transitions to down
     last_down_s: float | None  # how long the last death took to notice (first miss to down)
+    # The hop: a call's time here less the agent's own share, over the last 512 calls.
+    hop_p50_ms: float | None = None
 
 
 def parse_agents(value: str) -> list[str]:
@@ -217,6 +221,7 @@ class Router:
         self._idle.set()
         self._counters: Counter[str] = Counter()
         self._last_down_s: float | None = None
+        self._hops: deque[float] = deque(maxlen=512)
 
     # -- the scheduler's surface ----------------------------------------------------------
 
@@ -253,6 +258,7 @@ class Router:
             retried_total=c["retried"],
             down_total=c["down"],
             last_down_s=self._last_down_s,
+            hop_p50_ms=statistics.median(self._hops) if self._hops else None,
         )
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -499,6 +505,8 @@ class Router:
                 if stop is not None:
                     nursery.start_soon(forward_stop)
                 nursery.start_soon(watch_down)
+                timings: dict[str, float] = {}
+                t_call = trio.current_time()
                 try:
                     result = await view.client.run(
                         request,
@@ -507,7 +515,11 @@ class Router:
                         read_timeout_s=request.timeout_s + self.config.queue_timeout_s + 10,
                         on_output=on_output,
                         on_started=started,
+                        timings=timings,
                     )
+                    if "agent_ms" in timings:
+                        call_ms = (trio.current_time() - t_call) * 1000
+                        self._hops.append(max(0.0, call_ms - timings["agent_ms"]))
                 except AgentError as exc:
                     error = exc  # raised bare below, not wrapped in the nursery's group
                 nursery.cancel_scope.cancel()

@@ -161,6 +161,9 @@ async def test_runs_spread_over_agents_and_report_levels() -> None:
             assert set(seen.values()) == {1}
             per_agent = [a.scheduler.statistics().runs_total for a in agents]
             assert all(sum(r.values()) > 0 for r in per_agent), per_agent
+            hop = router.statistics().hop_p50_ms
+            assert hop is not None
+            assert 0 <= hop < 50
             nursery.cancel_scope.cancel()
 
 
