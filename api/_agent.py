@@ -206,7 +206,7 @@ def create_agent_app(
         if not run_id or run_id in state.runs:
             return _json({"error": "the run id is missing or already running here"}, 400, state)
         if not scheduler.accepting:
-            return _json({"error": "draining", "retryAfterS": 1.0}, 503, state)
+            return _json({"error": "draining", "retryAfterS": 1.0, "draining": True}, 503, state)
         if run_request.language not in scheduler.languages:
             return _json({"error": f"unsupported language {run_request.language!r}"}, 400, state)
         if warm_only and not state.warm_now(run_request.language):
@@ -300,7 +300,7 @@ async def _start(
         return _json({"error": str(exc), "retryAfterS": exc.retry_after_s}, 503, state)
     except ShuttingDown as exc:
         state.runs.pop(run_id, None)
-        return _json({"error": str(exc), "retryAfterS": 1.0}, 503, state)
+        return _json({"error": str(exc), "retryAfterS": 1.0, "draining": True}, 503, state)
     except UnknownLanguage as exc:
         state.runs.pop(run_id, None)
         return _json({"error": str(exc)}, 400, state)

@@ -59,10 +59,16 @@ class AgentRefused(AgentError):
     """
 
     def __init__(
-        self, message: str, levels: Levels | None = None, *, retry_after_s: float = 1.0
+        self,
+        message: str,
+        levels: Levels | None = None,
+        *,
+        retry_after_s: float = 1.0,
+        draining: bool = False,
     ) -> None:
         super().__init__(message, levels)
         self.retry_after_s = retry_after_s
+        self.draining = draining  # shutting down: another agent may take the run
 
 
 class AgentLost(AgentError):
@@ -208,4 +214,6 @@ def _refusal(base_url: str, response: httpx.Response, levels: Levels | None) -> 
     if response.status_code == 409:
         return AgentEmpty(message, levels)
     retry = float(body.get("retryAfterS", 1.0) or 1.0)
-    return AgentRefused(message, levels, retry_after_s=retry)
+    return AgentRefused(
+        message, levels, retry_after_s=retry, draining=bool(body.get("draining", False))
+    )

@@ -412,7 +412,7 @@ class Router:
                 continue
             except AgentRefused as exc:
                 view.note_levels(exc.levels)
-                if warm_only:
+                if warm_only or exc.draining:
                     # Draining, or its queue is long: another member may still have room.
                     failed.add(view.url)
                     continue

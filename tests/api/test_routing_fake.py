@@ -343,3 +343,20 @@ async def test_pushed_budget_waits_briefly_for_a_push() -> None:
         await trio.sleep(0.05)
         budget.push(700)
     assert await budget.extend(200) == 700
+
+
+async def test_a_draining_agent_sends_runs_elsewhere_even_when_none_is_warm() -> None:
+    async with trio.open_nursery() as nursery:
+        async with fake_agents(nursery, 2, pool_size=1) as agents:
+            async with router_over(nursery, agents, poll_interval_s=60) as router:
+                agents[0].scheduler.stop_accepting()
+                # No warm sandbox anywhere in the router's (stale) view: it queues, and
+                # it must not give up on the draining agent's 503.
+                for v in router.agents:
+                    v.sent["python"] = 99
+                for _ in range(3):
+                    result = await router.run(req("out:moved"))
+                    assert result.stdout == "moved"
+                assert agents[1].scheduler.statistics().runs_total
+                assert not agents[0].scheduler.statistics().runs_total
+            nursery.cancel_scope.cancel()
