@@ -103,6 +103,54 @@ def _one_shot_ms(client: httpx.Client, url: str, key: str, language: str) -> flo
     return ms
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _commits(database_url: str) -> int:
+    import asyncio
+
+    import asyncpg
+
+    async def query() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
+
+
+def central_cost(
+    client: httpx.Client, api: str, key: str, pid: int, database_url: str, runs: int, pause_s: float
+) -> str:
+    """API CPU-ms and database transactions per run (warm Python runs, one at a time)."""
+    # Idle baseline: heartbeats and polls cost something with no run at all.
+    idle_s = runs * pause_s
+    c0, x0 = _cpu_s(pid), _commits(database_url)
+    time.sleep(idle_s)
+    c1, x1 = _cpu_s(pid), _commits(database_url)
+    for _ in range(runs):
+        time.sleep(pause_s)
+        _one_shot_ms(client, api, key, "python")
+    c2, x2 = _cpu_s(pid), _commits(database_url)
+    cpu_ms = ((c2 - c1) - (c1 - c0)) * 1000 / runs
+    # The two pg_stat_database reads are transactions too (one per read).
+    xacts = ((x2 - x1) - (x1 - x0)) / runs
+    return (
+        f"central cost per run: API {cpu_ms:.2f} CPU-ms, {xacts:.2f} database transactions "
+        f"(n={runs}; idle background subtracted); ceiling per replica about "
+        f"{1000 / cpu_ms if cpu_ms > 0 else float('inf'):.0f} runs/s of API CPU"
+    )
+
+
 def _metric(url: str, name: str) -> float | None:
     for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
         if line.startswith(name + " "):
@@ -175,6 +223,14 @@ def main() -> None:
                         f"{_pct(b, 0.9):6.2f}) | difference {pb - pa:+6.2f} ms (n={args.runs})",
                         flush=True,
                     )
+                for label, url, proc in (
+                    ("cinch api (routing only)", api, processes[2]),
+                    ("cinch serve (API + scheduler + pools)", single, processes[0]),
+                ):
+                    cost = central_cost(
+                        client, url, key, proc.pid, str(pg.get_uri()), args.runs, args.pause_s
+                    )
+                    print(f"{label}: {cost}", flush=True)
             hop = _metric(api, "cinch_agent_hop_p50_seconds")
             if hop is not None:
                 print(f"api -> agent hop p50 (router's view, last 512 calls): {hop * 1000:.2f} ms")
