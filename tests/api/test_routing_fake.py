@@ -360,3 +360,26 @@ async def test_a_draining_agent_sends_runs_elsewhere_even_when_none_is_warm() ->
                 assert agents[1].scheduler.statistics().runs_total
                 assert not agents[0].scheduler.statistics().runs_total
             nursery.cancel_scope.cancel()
+
+
+async def test_membership_from_dns() -> None:
+    """``CINCH_AGENTS_DNS``: every address the name resolves to is a member (here
+    ``localhost``: 127.0.0.1, and ::1 where it resolves, on which nobody listens)."""
+    async with trio.open_nursery() as nursery:
+        async with fake_agents(nursery, 1) as agents:
+            port = agents[0].url.rsplit(":", 1)[1]
+            router = Router(TOKEN, dns=f"localhost:{port}", config=RouterConfig())
+            scope = trio.CancelScope()
+
+            async def serve(task_status: Any) -> None:
+                with scope:
+                    await router.serve(task_status=task_status)
+
+            await nursery.start(serve)
+            urls = {v.url for v in router.agents}
+            assert f"http://127.0.0.1:{port}" in urls
+            assert (await router.run(req())).stdout == "hi"
+            up = {v.url for v in router.agents if v.up}
+            assert up == {f"http://127.0.0.1:{port}"}
+            scope.cancel()
+            nursery.cancel_scope.cancel()
