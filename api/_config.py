@@ -77,7 +77,7 @@ class Config:
     agents: str = ""  # static members: host:port[,host:port...]
     agents_dns: str = ""  # or a DNS name:port resolved every 2 s (tasks.cinch-agent:8081)
     agent_token: str = ""  # shared by the API tier and the agents
-    agent_poll_s: float = 0.3
+    agent_poll_s: float = 0.25
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:

@@ -55,9 +55,9 @@ MAX_ATTEMPTS = 6  # warm tries, failures and the one retry, together
 class RouterConfig:
     """Routing policy. Units are in the names."""
 
-    poll_interval_s: float = 0.3
+    poll_interval_s: float = 0.25
     # A poll not answered within this is missed; 2 missed in a row: down.
-    poll_timeout_s: float = 0.35
+    poll_timeout_s: float = 0.3
     misses_down: int = 2
     dns_interval_s: float = 2.0
     more_warm_tries: int = 2  # after a 409, at most this many more candidates

@@ -55,7 +55,7 @@ AGENT_ENV = {
 API_ENV = {
     "CINCH_QUEUE_TIMEOUT_S": "30",
     "CINCH_AUTH_FAILURES_BURST": "1000000",
-    "CINCH_AGENT_POLL_S": "0.3",
+    "CINCH_AGENT_POLL_S": "0.25",
     # Counted in the database: both replicas together allow 3 runs of a key at once.
     "CINCH_MAX_CONCURRENT_PER_KEY": "3",
 }
