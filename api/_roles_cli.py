@@ -28,10 +28,14 @@ def run_agent(
                 await service.scheduler.pool(name).wait_ready()
         say(f"Cinch agent is up on {service.base_url} (instance {service.instance.id}).")
 
+    error: CommandError | None = None
     try:
         run(lambda: serve_agent(config, on_ready=on_ready))
     except* (SetupNeeded, InstanceLocked) as group:
-        raise CommandError(f"cannot start: {one_line(group)}") from None
+        error = CommandError(f"cannot start: {one_line(group)}")
+    # Raised outside the except* block, so it is never wrapped in a group of its own.
+    if error is not None:
+        raise error
     return 0
 
 
@@ -54,8 +58,11 @@ def run_api(
             f"{s.agents_up} of {s.agents} agents up."
         )
 
+    error: CommandError | None = None
     try:
         run(lambda: serve_api(config, on_ready=on_ready))
     except* (SetupNeeded, InstanceLocked, StoreError, ValueError) as group:
-        raise CommandError(f"cannot start: {one_line(group)}") from None
+        error = CommandError(f"cannot start: {one_line(group)}")
+    if error is not None:
+        raise error
     return 0
