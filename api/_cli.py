@@ -229,6 +229,18 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(config: Config, args: argparse.Namespace) -> int:
+    from ._roles_cli import run_agent
+
+    return run_agent(config, _say, _run, _one_line)
+
+
+def cmd_api(config: Config, args: argparse.Namespace) -> int:
+    from ._roles_cli import run_api
+
+    return run_api(config, _say, _run, _one_line)
+
+
 def cmd_up(config: Config, args: argparse.Namespace) -> int:
     rc = cmd_setup(config, argparse.Namespace(no_images=False))
     if rc:
@@ -617,6 +629,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _command(
         sub,
+        "agent",
+        cmd_agent,
+        "many hosts: run this host's warm pools for API replicas (no database)",
+        "Listens on CINCH_HOST:CINCH_PORT; callers need CINCH_AGENT_TOKEN. README: Many hosts.",
+    )
+    _command(
+        sub,
+        "api",
+        cmd_api,
+        "many hosts: run a stateless API replica that routes runs to agents (no engine)",
+        "Needs CINCH_DATABASE_URL, CINCH_AGENT_TOKEN and CINCH_AGENTS or CINCH_AGENTS_DNS.",
+    )
+    _command(
+        sub,
         "up",
         cmd_up,
         "set up, then serve; the first time, print a key and a curl line that uses it",
@@ -692,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that run the server log what the libraries say; the others only say
 # what they did (and warnings), unless CINCH_LOG_LEVEL asks for more.
-_SERVER_COMMANDS = ("serve", "up")
+_SERVER_COMMANDS = ("serve", "up", "agent", "api")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,11 @@ class Config:
     credits_contact: str = "the operator of this server"
     # The head of each run's stdout and stderr kept for the dashboard's run page; 0: none.
     kept_output_bytes: int = 16384
+    # many hosts (SCALE-OUT.md): `cinch api` routes to `cinch agent`s
+    agents: str = ""  # static members: host:port[,host:port...]
+    agents_dns: str = ""  # or a DNS name:port resolved every 2 s (tasks.cinch-agent:8081)
+    agent_token: str = ""  # shared by the API tier and the agents
+    agent_poll_s: float = 0.25
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -143,6 +148,7 @@ class Config:
         check(self.header_timeout_s > 0, "CINCH_HEADER_TIMEOUT_S must be > 0")
         check(self.max_connections_per_ip >= 1, "CINCH_MAX_CONNECTIONS_PER_IP must be >= 1")
         check(0 <= self.kept_output_bytes <= 1 << 20, "CINCH_KEPT_OUTPUT_BYTES: 0 to 1048576")
+        check(0.05 <= self.agent_poll_s <= 5, "CINCH_AGENT_POLL_S must be in [0.05, 5]")
 
     @property
     def base_url(self) -> str:

@@ -44,6 +44,7 @@ class Begin(enum.Enum):
     REPLAY = "replay"  # the stored result of this Idempotency-Key
     CONFLICT = "conflict"  # the key was used with another body: 409
     RUNNING = "running"  # the key's first request is still running (alive owner)
+    LIMITED = "limited"  # the key has max_running runs in flight on all replicas: 429
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,19 @@ class RunLedger:
         self.dead_after_s = dead_after_s
 
     async def begin_run(
-        self, key_hash: bytes, run_id: str, max_hold: int, idem: Idempotency | None = None
+        self,
+        key_hash: bytes,
+        run_id: str,
+        max_hold: int,
+        idem: Idempotency | None = None,
+        *,
+        max_running: int | None = None,
     ) -> RunStart:
         # A hold is not money: losing one in a database crash costs nothing (the
         # run's settlement charges it anyway), so its commit does not wait for
         # the WAL flush (~0.5 ms here).  Settlements and top-ups do.
         row = await self._db.fetchrow(
-            "SELECT b.* FROM cinch_begin_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) b, "
+            "SELECT b.* FROM cinch_begin_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) b, "
             + ASYNC_COMMIT,
             key_hash,
             run_id,
@@ -119,6 +126,7 @@ class RunLedger:
             idem.ttl_s if idem else 0,
             idem.lease_s if idem else 0,
             self.dead_after_s,
+            max_running,
         )
         return RunStart(
             status=Begin(row["status"]),

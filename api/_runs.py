@@ -373,6 +373,13 @@ async def _run(
             if streaming and (start.replay_status or 200) == 200:
                 return single_event_response("result", start.replay_body, replay_headers)
             return json_response(start.replay_body, start.replay_status or 200, replay_headers)
+        if start.status is Begin.LIMITED:
+            limit = config.max_concurrent_per_key
+            raise ApiError(
+                429,
+                f"rate limited: this key sent more than {limit} runs at once; retry after 1 s",
+                headers={"Retry-After": "1", **slot.headers()},
+            )
         if start.status is Begin.NO_CREDITS:
             raise ApiError(
                 402,
@@ -550,7 +557,10 @@ async def _begin(
     deadline = trio.current_time() + (idem.lease_s + 2 if idem else 0)
     while True:
         try:
-            start = await state.store.ledger.begin_run(key_hash, run_id, HOLD_STEP, idem)
+            # Per-key concurrency is counted in the database too: it holds across replicas.
+            start = await state.store.ledger.begin_run(
+                key_hash, run_id, HOLD_STEP, idem, max_running=state.config.max_concurrent_per_key
+            )
         except StoreError as exc:
             log.error("request %s: %s", run_id, exc)
             # The claim may have committed: give it back so a retry need not wait.

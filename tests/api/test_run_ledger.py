@@ -556,3 +556,43 @@ async def test_a_client_that_hangs_up_leaves_no_request_counted_in_flight(app_en
             await state.in_flight.wait_idle()
         assert state.metrics.in_flight._value.get() == 0
         shutdown.set()
+
+
+async def test_per_key_concurrency_is_counted_across_replicas(app_env):
+    """Two replicas (two instances on one database) together allow max_running runs of
+    a key; a dead replica's holds stop counting once it is known dead."""
+    key, account = await app_env.new_key()
+    a = RunLedger(app_env.store, "replica-a")
+    b = RunLedger(app_env.store, "replica-b")
+    await a.register_instance()
+    await b.register_instance()
+    kh = hash_key(key)
+    first = await a.begin_run(kh, "r1", 500, max_running=2)
+    second = await b.begin_run(kh, "r2", 500, max_running=2)
+    assert (first.status, second.status) == (Begin.OK, Begin.OK)
+    assert (await a.begin_run(kh, "r3", 500, max_running=2)).status is Begin.LIMITED
+    assert (await b.begin_run(kh, "r4", 500, max_running=2)).status is Begin.LIMITED
+    # Another key of the same account has its own count.
+    other, _ = await app_env.store.create_key(account, "other")
+    assert (await b.begin_run(hash_key(other), "r5", 500, max_running=2)).status is Begin.OK
+    await b.abort_run("r5")
+    # One run ends: room for one more, from either replica.
+    await a.finish_run(
+        run_id="r1",
+        hold_id=first.hold_id,
+        account_id=account,
+        key_id=first.key_id,
+        outcome=OUTCOME,
+        response={"stdout": ""},
+        idem_key=None,
+    )
+    assert (await b.begin_run(kh, "r6", 500, max_running=2)).status is Begin.OK
+    assert (await a.begin_run(kh, "r7", 500, max_running=2)).status is Begin.LIMITED
+    # Replica b dies (no heartbeat): its holds no longer count against the key.
+    await app_env.store.execute(
+        "UPDATE instances SET seen_at = now() - interval '1 hour' WHERE id = 'replica-b'"
+    )
+    assert (await a.begin_run(kh, "r8", 500, max_running=2)).status is Begin.OK
+    for ledger, run in ((a, "r8"), (b, "r2"), (b, "r6")):
+        await ledger.abort_run(run)
+    await _assert_invariants(app_env.store)

@@ -1,0 +1,326 @@
+"""The agent's HTTP surface (``cinch agent``): one host's scheduler and pools, for API replicas.
+
+The agent holds its host's engine socket and no database credentials; only
+holders of the shared token (the API tier) may call it::
+
+    POST /v1/runs                  {"request": RunRequest, "paidMs": n|null,
+                                    "warmOnly": bool, "stream": bool}
+        200 NDJSON: {"event": "stdout"|"stderr", "text": ...}* then
+                    {"event": "result", "result": RunResult}   (or {"event": "error"})
+        409 no warm sandbox here and ``warmOnly`` (answered at once: try the next agent)
+        503 no capacity (``retryAfterS``) or draining
+    POST /v1/runs/<id>/budget      {"paidMs": n}   the API held more credits: run on to n ms
+    POST /v1/runs/<id>/stop        the caller hung up: stop the run (charged up to then)
+    GET  /v1/pool                  the pool levels (the X-Cinch-Pool header carries them too)
+    GET  /healthz, /readyz         for the engine's health checks (no token)
+
+The 200's headers leave once the run has its sandbox, so the caller knows the
+admission succeeded before the run ends.  A caller that goes away mid-run
+stops the run: nobody would pay for it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+from quart import Response, current_app, request
+from quart_trio import QuartTrio
+
+from scheduler import NoCapacity, RunResult, Scheduler, ShuttingDown, UnknownLanguage
+
+from ._stream import StartedOnce
+from ._wire import (
+    LEVELS_HEADER,
+    NDJSON,
+    POOL_PATH,
+    RUNS_PATH,
+    LanguageLevels,
+    Levels,
+    WireError,
+    encode_line,
+    request_from_json,
+    result_to_json,
+)
+
+if TYPE_CHECKING:
+    from scheduler import RunRequest
+
+log = logging.getLogger("cinch.agent")
+
+# A run at the end of what it was paid for waits this long for the API's
+# next ``budget`` push before it is stopped with ``credit_limit``.
+BUDGET_GRACE_S = 0.3
+# The largest request body: code and stdin, JSON-escaped, and room for the rest.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class PushedBudget:
+    """The scheduler's :class:`~scheduler.Budget` for a run paid for by a remote API.
+
+    The API holds credits ahead of use and pushes how far the run is paid
+    (``paid_ms``); ``None`` means the caller set no budget.  At the end of what
+    is paid, the run waits ``BUDGET_GRACE_S`` for a push before it is stopped.
+    """
+
+    def __init__(self, paid_ms: int | None) -> None:
+        self.paid_ms = paid_ms
+        self._moved = trio.Event()
+
+    def push(self, paid_ms: int) -> None:
+        if self.paid_ms is not None and paid_ms > self.paid_ms:
+            self.paid_ms = paid_ms
+            self._moved.set()
+            self._moved = trio.Event()
+
+    async def extend(self, elapsed_ms: int) -> int:
+        if self.paid_ms is None:
+            return 2**62
+        if self.paid_ms <= elapsed_ms:
+            with trio.move_on_after(BUDGET_GRACE_S):
+                await self._moved.wait()
+        return self.paid_ms
+
+
+@dataclass
+class _LiveRun:
+    stop: trio.Event = field(default_factory=trio.Event)
+    budget: PushedBudget = field(default_factory=lambda: PushedBudget(None))
+
+
+@dataclass
+class AgentState:
+    """What the agent's handlers share."""
+
+    scheduler: Scheduler
+    token: str
+    epoch: str = field(default_factory=lambda: secrets.token_hex(6))
+    runs: dict[str, _LiveRun] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None
+
+    def levels(self) -> Levels:
+        sched = self.scheduler.statistics()
+        languages = {}
+        for name in self.scheduler.languages:
+            s = self.scheduler.pool(name).statistics()
+            languages[name] = LanguageLevels(
+                warm=s.ready,
+                starting=s.starting,
+                capacity=s.max_size,
+                minimum=s.min_size,
+                in_flight=self.in_flight.get(name, 0),
+                queued=sched.queued_by_language.get(name, 0),
+                predicted_wait_s=round(sched.predicted_wait_s.get(name, 0.0), 3),
+            )
+        return Levels(
+            self.epoch,
+            not self.scheduler.accepting,
+            languages,
+            runs_total=sum(sched.runs_total.values()),
+        )
+
+    def warm_now(self, language: str) -> bool:
+        """Whether a run of ``language`` would get a sandbox without waiting."""
+        queued = self.scheduler.statistics().queued_by_language.get(language, 0)
+        return not queued and self.scheduler.pool(language).statistics().ready > 0
+
+
+def _state() -> AgentState:
+    return cast("AgentState", current_app.extensions["cinch-agent"])
+
+
+def _json(body: Any, status: int, state: AgentState, **headers: str) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        headers={LEVELS_HEADER: state.levels().header(), **headers},
+        content_type="application/json",
+    )
+
+
+def create_agent_app(
+    scheduler: Scheduler,
+    token: str,
+    *,
+    readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> QuartTrio:
+    """The agent's app over ``scheduler``; callers must send ``Authorization: Bearer <token>``."""
+    if not token:
+        raise ValueError("the agent needs a token (CINCH_AGENT_TOKEN)")
+    app = QuartTrio("cinch-agent")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    state = AgentState(scheduler, token, readiness=readiness)
+    app.extensions["cinch-agent"] = state
+    expected = f"Bearer {token}".encode()
+
+    @app.before_request
+    async def _authenticate() -> Response | None:
+        if request.path in ("/healthz", "/readyz"):
+            return None
+        given = (request.headers.get("Authorization") or "").encode("utf-8", "replace")
+        # Constant time: the token must not leak one byte at a time.
+        if not hmac.compare_digest(given, expected):
+            await request.get_data(cache=False)
+            return Response(
+                '{"error":"invalid agent token"}', status=401, content_type="application/json"
+            )
+        return None
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response('{"status":"ok"}', content_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        checks = await state.readiness() if state.readiness is not None else {}
+        ok = scheduler.accepting and all(c.get("ok") for c in checks.values())
+        body = {"status": "ok" if ok else "unavailable", "checks": checks}
+        return _json(body, 200 if ok else 503, state)
+
+    @app.get(POOL_PATH)
+    async def pool() -> Response:
+        return _json(state.levels().to_json(), 200, state)
+
+    @app.post(RUNS_PATH)
+    async def run() -> Response:
+        t_arrival = trio.current_time()
+        raw = await request.get_data(cache=False)
+        try:
+            body = json.loads(raw)
+            run_request = request_from_json(body["request"])
+            paid = body.get("paidMs")
+            paid_ms = None if paid is None else int(paid)
+            warm_only = bool(body.get("warmOnly", False))
+            streamed = bool(body.get("stream", False))
+        except (ValueError, KeyError, TypeError, WireError) as exc:
+            return _json({"error": f"bad run request: {exc}"}, 400, state)
+        run_id = run_request.request_id
+        if not run_id or run_id in state.runs:
+            return _json({"error": "the run id is missing or already running here"}, 400, state)
+        if not scheduler.accepting:
+            return _json({"error": "draining", "retryAfterS": 1.0, "draining": True}, 503, state)
+        if run_request.language not in scheduler.languages:
+            return _json({"error": f"unsupported language {run_request.language!r}"}, 400, state)
+        if warm_only and not state.warm_now(run_request.language):
+            return _json({"error": "no warm sandbox"}, 409, state)
+        return await _start(state, run_request, PushedBudget(paid_ms), streamed, t_arrival)
+
+    @app.post(RUNS_PATH + "/<run_id>/budget")
+    async def budget(run_id: str) -> Response:
+        raw = await request.get_data(cache=False)
+        live = state.runs.get(run_id)
+        if live is None:
+            return Response(status=404)
+        try:
+            live.budget.push(int(json.loads(raw)["paidMs"]))
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": 'the body must be {"paidMs": n}'}, 400, state)
+        return Response(status=204)
+
+    @app.post(RUNS_PATH + "/<run_id>/stop")
+    async def stop(run_id: str) -> Response:
+        await request.get_data(cache=False)
+        live = state.runs.get(run_id)
+        if live is None:
+            return Response(status=404)
+        live.stop.set()
+        return Response(status=204)
+
+    return app
+
+
+async def _start(
+    state: AgentState,
+    run_request: RunRequest,
+    budget: PushedBudget,
+    streamed: bool,
+    t_arrival: float,
+) -> Response:
+    """Admit the run (its errors are plain JSON answers), then stream its events."""
+    run_id, language = run_request.request_id, run_request.language
+    live = _LiveRun(budget=budget)
+    state.runs[run_id] = live
+    send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+
+    def on_output(stream: str, text: str) -> None:
+        try:
+            send.send_nowait({"event": stream, "text": text})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def counted() -> None:
+        state.in_flight[language] = state.in_flight.get(language, 0) + 1
+
+    async def drive(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        status = StartedOnce(task_status, counted)
+        result: RunResult | None = None
+        try:
+            with trio.CancelScope(shield=True):
+                try:
+                    result = await state.scheduler.run(
+                        run_request,
+                        budget,
+                        on_output=on_output if streamed else None,
+                        stop=live.stop,
+                        task_status=status,
+                    )
+                except Exception:
+                    if not status.done:
+                        raise
+                    log.exception("run %s failed", run_id)
+        finally:
+            state.runs.pop(run_id, None)
+            if status.done:
+                state.in_flight[language] -= 1
+            # agentMs: the agent's own share of the call, so the caller can tell the hop.
+            agent_ms = round((trio.current_time() - t_arrival) * 1000, 3)
+            line = (
+                {"event": "result", "result": result_to_json(result), "agentMs": agent_ms}
+                if result is not None
+                else {"event": "error", "error": "the run failed on the agent"}
+            )
+            with send:
+                try:
+                    send.send_nowait(line)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    try:
+        await cast("QuartTrio", current_app).nursery.start(drive)
+    except NoCapacity as exc:
+        state.runs.pop(run_id, None)
+        return _json({"error": str(exc), "retryAfterS": exc.retry_after_s}, 503, state)
+    except ShuttingDown as exc:
+        state.runs.pop(run_id, None)
+        return _json({"error": str(exc), "retryAfterS": 1.0, "draining": True}, 503, state)
+    except UnknownLanguage as exc:
+        state.runs.pop(run_id, None)
+        return _json({"error": str(exc)}, 400, state)
+
+    async def body() -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            with receive:
+                async for line in receive:
+                    yield encode_line(line)
+                    if line["event"] in ("result", "error"):
+                        finished = True
+                        return
+        finally:
+            if not finished:
+                # The API went away mid-run: nobody would get (or pay for) the result.
+                live.stop.set()
+
+    response = Response(
+        body(), status=200, headers={LEVELS_HEADER: state.levels().header()}, content_type=NDJSON
+    )
+    response.timeout = None
+    return response
