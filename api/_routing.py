@@ -232,6 +232,15 @@ class Router:
     def stop_accepting(self) -> None:
         self._accepting = False
 
+    def refuses(self, language: str) -> float | None:
+        """Never refuses up front: each agent's own admission decides (its 503 with
+        Retry-After is passed on when none takes the run)."""
+        return None
+
+    @property
+    def admit_budget_s(self) -> float:
+        return 0.0
+
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
