@@ -58,8 +58,9 @@ log = logging.getLogger("cinch.agent")
 # A run at the end of what it was paid for waits this long for the API's
 # next ``budget`` push before it is stopped with ``credit_limit``.
 BUDGET_GRACE_S = 0.3
-# The largest request body: code and stdin, JSON-escaped, and room for the rest.
-MAX_BODY_BYTES = 8 * 1024 * 1024
+# The largest request body: code and stdin JSON-escaped, input files as base64
+# (CINCH_MAX_FILES_BYTES is at most 48 MiB), and room for the rest.
+MAX_BODY_BYTES = 80 * 1024 * 1024
 
 
 class PushedBudget:

@@ -69,8 +69,11 @@ def create_app(
 ) -> QuartTrio:
     """Build the app. Everything it needs is passed in; nothing is global."""
     app = QuartTrio("cinch")
-    # Room for the largest code and stdin, JSON-escaped; /run checks the exact sizes.
-    app.config["MAX_CONTENT_LENGTH"] = 2 * (config.max_code_bytes + config.max_stdin_bytes) + 65536
+    # Room for the largest code and stdin, JSON-escaped, and the input files as
+    # base64 (or escaped text); /run checks the exact sizes.
+    app.config["MAX_CONTENT_LENGTH"] = (
+        2 * (config.max_code_bytes + config.max_stdin_bytes + config.max_files_bytes) + 65536
+    )
     app.config["JSON_SORT_KEYS"] = False
     app.config["CINCH"] = config
     state = AppState(
@@ -150,7 +153,8 @@ def create_app(
         elif status == 413:
             message = (
                 "request body too large: code is limited to "
-                f"{config.max_code_bytes} bytes and stdin to {config.max_stdin_bytes} bytes"
+                f"{config.max_code_bytes} bytes, stdin to {config.max_stdin_bytes} bytes "
+                f"and files to {config.max_files_bytes} bytes in all"
             )
         else:
             message = exc.description or exc.name

@@ -47,6 +47,11 @@ class Config:
     # the API
     max_code_bytes: int = 512 * 1024
     max_stdin_bytes: int = 1024 * 1024
+    # Files a run may send in ("files"), and bring back from out/ with their content.
+    max_files: int = 64
+    max_files_bytes: int = 10 * 1024 * 1024
+    max_out_files: int = 32
+    max_out_files_bytes: int = 5 * 1024 * 1024
     rate_limit_rps: float = 50.0
     rate_limit_burst: int = 100
     max_concurrent_per_key: int = 32
@@ -149,6 +154,12 @@ class Config:
         check(self.max_connections_per_ip >= 1, "CINCH_MAX_CONNECTIONS_PER_IP must be >= 1")
         check(0 <= self.kept_output_bytes <= 1 << 20, "CINCH_KEPT_OUTPUT_BYTES: 0 to 1048576")
         check(0.05 <= self.agent_poll_s <= 5, "CINCH_AGENT_POLL_S must be in [0.05, 5]")
+        check(0 <= self.max_files <= 4096, "CINCH_MAX_FILES: 0 to 4096")
+        # The sandbox's supervisor reads a run (code, stdin, files) of at most 80 MiB,
+        # and an output file of at most 64 MiB; /tmp holds 64 MB.
+        check(0 <= self.max_files_bytes <= 48 << 20, "CINCH_MAX_FILES_BYTES: 0 to 50331648")
+        check(0 <= self.max_out_files <= 4096, "CINCH_MAX_OUT_FILES: 0 to 4096")
+        check(0 <= self.max_out_files_bytes <= 48 << 20, "CINCH_MAX_OUT_FILES_BYTES: 0 to 50331648")
 
     @property
     def base_url(self) -> str:

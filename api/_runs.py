@@ -6,11 +6,11 @@ what to answer.
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 import logging
 import math
-from dataclasses import dataclass
+import mimetypes
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
@@ -22,6 +22,16 @@ from ._errors import ApiError
 from ._keys import hash_key
 from ._ledger import Begin, Idempotency, RunLedger, RunOutcome, RunStart, Settlement
 from ._limits import Decision
+from ._run_body import (
+    LANGUAGE_ALIASES as LANGUAGE_ALIASES,
+)
+from ._run_body import (
+    BodyLimits,
+    ParsedRun,
+)
+from ._run_body import (
+    parse_run_body as parse_run_body,
+)
 from ._state import AppState, app_state
 from ._store import StoreError
 from ._stream import (
@@ -40,66 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("cinch.api")
 bp = Blueprint("runs", __name__)
 
-LANGUAGE_ALIASES = {
-    "python": "python",
-    "python3": "python",
-    "py": "python",
-    "javascript": "javascript",
-    "js": "javascript",
-    "node": "javascript",
-    "nodejs": "javascript",
-}
-# Every accepted name, for the 400 message: "python", "python3", "py", "javascript", ...
-LANGUAGE_CHOICES = ", ".join(f'"{name}"' for name in LANGUAGE_ALIASES)
 HOLD_STEP = 500  # credits held ahead of use, per half second
 # How long a finished run's charge is retried before giving up: a database
 # restart (seconds) delays the answer instead of losing it.
 SETTLE_BOUND_S = 30.0
-BAD_BODY = 'the body must be a JSON object like {"code": "print(2 + 2)", "language": "python"}'
-
-
-@dataclass(frozen=True)
-class ParsedRun:
-    code: str
-    language: str
-    stdin: str
-    body_hash: bytes
-
-
-def parse_run_body(raw: bytes, max_code_bytes: int, max_stdin_bytes: int) -> ParsedRun:
-    """Validate a ``/run`` body; raises :class:`ApiError` (400 or 413) with a clear message."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not valid JSON; " + BAD_BODY) from None
-    if not isinstance(body, dict):
-        raise ApiError(400, BAD_BODY)
-    code = body.get("code")
-    if not isinstance(code, str) or code == "":
-        raise ApiError(400, '"code" must be a non-empty string')
-    language = body.get("language", "python")
-    if not isinstance(language, str) or language.strip().lower() not in LANGUAGE_ALIASES:
-        raise ApiError(
-            400,
-            f'"language" must be one of {LANGUAGE_CHOICES} (in any case); '
-            f"got {json.dumps(language, ensure_ascii=False)[:50]}",
-        )
-    stdin = body.get("stdin")
-    if stdin is None:
-        stdin = ""
-    if not isinstance(stdin, str):
-        raise ApiError(400, '"stdin" must be a string')
-    code_bytes = len(code.encode("utf-8", "surrogatepass"))
-    if code_bytes > max_code_bytes:
-        raise ApiError(413, f'"code" is {code_bytes} bytes; the limit is {max_code_bytes} bytes')
-    stdin_bytes = len(stdin.encode("utf-8", "surrogatepass"))
-    if stdin_bytes > max_stdin_bytes:
-        raise ApiError(413, f'"stdin" is {stdin_bytes} bytes; the limit is {max_stdin_bytes} bytes')
-    canonical = LANGUAGE_ALIASES[language.strip().lower()]
-    digest = hashlib.sha256(
-        json.dumps([code, canonical, stdin], ensure_ascii=False).encode("utf-8", "surrogatepass")
-    ).digest()
-    return ParsedRun(code, canonical, stdin, digest)
 
 
 async def request_body() -> bytes:
@@ -146,19 +100,31 @@ class HoldBudget:
     balance goes below zero.  Extensions are tried again every half second.
     """
 
-    def __init__(self, ledger: RunLedger, hold_id: int, held: int) -> None:
+    def __init__(
+        self, ledger: RunLedger, hold_id: int, held: int, max_credits: int | None = None
+    ) -> None:
         self._ledger = ledger
         self._hold_id = hold_id
         self.held = held
         self.unreachable_checks = 0  # extensions that could not reach the database
+        # The caller's "maxCredits": never paid for beyond it.
+        self.max_credits = max_credits
 
     async def extend(self, elapsed_ms: int) -> int:
+        paid = await self._extend(elapsed_ms)
+        return paid if self.max_credits is None else min(paid, self.max_credits)
+
+    async def _extend(self, elapsed_ms: int) -> int:
         ahead = self.held - elapsed_ms
-        if ahead >= 2 * HOLD_STEP:
+        if ahead >= 2 * HOLD_STEP or (
+            self.max_credits is not None and self.held >= self.max_credits
+        ):
             return self.held
         # Top up to a whole step past the next check: checks drift late (each waits
         # half a second after a database call).
         add = max(HOLD_STEP, 2 * HOLD_STEP - ahead)
+        if self.max_credits is not None:
+            add = min(add, self.max_credits - self.held)
         try:
             new = await self._ledger.extend_hold(self._hold_id, add)
         except StoreError:
@@ -175,6 +141,28 @@ class HoldBudget:
         return self.held
 
 
+def files_body(result: RunResult) -> list[dict[str, Any]]:
+    """The response's ``files``: content as base64, or null when it did not fit."""
+    return [
+        {
+            "path": f.path,
+            "size": f.size,
+            "mimeType": mime_type(f.path),
+            "content": None if f.content is None else base64.b64encode(f.content).decode("ascii"),
+        }
+        for f in result.files
+    ]
+
+
+# Python's own table only: the answer must not depend on the host's /etc/mime.types.
+_MIME = mimetypes.MimeTypes(filenames=())
+
+
+def mime_type(path: str) -> str:
+    guessed, _ = _MIME.guess_type(path, strict=False)
+    return guessed or "application/octet-stream"
+
+
 def result_body(result: RunResult, charged: int = 0) -> dict[str, Any]:
     return {
         "stdout": result.stdout,
@@ -188,6 +176,8 @@ def result_body(result: RunResult, charged: int = 0) -> dict[str, Any]:
         "queueMs": result.queue_ms,
         "creditsCharged": charged,
         "language": result.language,
+        "files": files_body(result),
+        "filesTruncated": result.files_truncated,
     }
 
 
@@ -299,7 +289,9 @@ async def run() -> Response:
         _check_address(state, address)
         state.auth_failures.record_failure(address)
         raise
-    parsed = parse_run_body(raw, config.max_code_bytes, config.max_stdin_bytes)
+    parsed = parse_run_body(
+        raw, config.max_code_bytes, config.max_stdin_bytes, BodyLimits.from_config(config)
+    )
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None and not (0 < len(idem_key) <= 255):
         raise ApiError(400, "Idempotency-Key must be 1 to 255 characters")
@@ -333,9 +325,7 @@ async def _run(
     timing.mark("parse")
     if not state.scheduler.accepting:
         # Draining for a restart: say so before touching the database.
-        raise ApiError(
-            503, "Cinch is restarting; retry in a moment", headers={"Retry-After": "2"}
-        )
+        raise ApiError(503, "Cinch is restarting; retry in a moment", headers={"Retry-After": "2"})
     refused = state.scheduler.refuses(parsed.language)
     if refused is not None:
         # Overloaded for everyone: answer before the database round trips.
@@ -346,7 +336,8 @@ async def _run(
             f"over the {queue_budget:g} s this server queues for",
             headers={"Retry-After": str(max(1, math.ceil(refused - queue_budget)))},
         )
-    start = await _begin(state, slot._key_hash, run_id, idem)
+    first_hold = HOLD_STEP if parsed.max_credits is None else min(HOLD_STEP, parsed.max_credits)
+    start = await _begin(state, slot._key_hash, run_id, idem, first_hold)
     timing.mark("auth")
     if start.status is Begin.INVALID_KEY:
         state.auth_failures.record_failure(address)
@@ -394,12 +385,19 @@ async def _run(
             language=parsed.language,
             code=parsed.code,
             stdin=parsed.stdin,
-            timeout_s=config.run_timeout_s,
+            timeout_s=config.run_timeout_s
+            if parsed.timeout_ms is None
+            else min(config.run_timeout_s, parsed.timeout_ms / 1000),
             output_limit_bytes=config.output_limit_bytes,
             request_id=run_id,
             tenant=str(account_id),
+            files=parsed.files,
+            args=parsed.args,
+            env=parsed.env,
+            out_max_files=config.max_out_files,
+            out_max_bytes=config.max_out_files_bytes,
         )
-        budget = HoldBudget(ledger, start.hold_id, start.hold_amount)
+        budget = HoldBudget(ledger, start.hold_id, start.hold_amount, parsed.max_credits)
         if streaming:
             response = await _start_stream(state, slot, start, run_request, budget, idem)
             settled = handed_over = True
@@ -418,7 +416,7 @@ async def _run(
                     headers={"Retry-After": str(max(1, round(retry)))},
                 ) from None
             body = result_body(result)
-            settlement = await _finish(state, start, run_id, idem, result, body)
+            settlement = await _finish(state, start, run_id, idem, result, body, parsed.max_credits)
             settled = True
             timing.mark("settle")
             if settlement.first:
@@ -500,7 +498,7 @@ async def _start_stream(
                 log.exception("request %s: the streamed run failed", run_id)
         with trio.CancelScope(shield=True):
             try:
-                await _settle_stream(state, start, idem, run_id, result, send)
+                await _settle_stream(state, start, idem, run_id, result, send, budget.max_credits)
             finally:
                 owned[0].release()
                 if idem is not None and start.account_id is not None:
@@ -526,6 +524,7 @@ async def _settle_stream(
     run_id: str,
     result: RunResult | None,
     send: trio.MemorySendChannel[tuple[str, dict[str, Any]]],
+    max_credits: int | None = None,
 ) -> None:
     """Charge a streamed run once and send its ``result`` (or an ``error``)."""
     if result is None:
@@ -535,7 +534,7 @@ async def _settle_stream(
         return
     body = result_body(result)
     try:
-        settlement = await _finish(state, start, run_id, idem, result, body)
+        settlement = await _finish(state, start, run_id, idem, result, body, max_credits)
     except ApiError as exc:
         await _abort(state, run_id)
         send_event_nowait(send, "error", {"error": exc.message})
@@ -551,7 +550,11 @@ async def _settle_stream(
 
 
 async def _begin(
-    state: AppState, key_hash: bytes, run_id: str, idem: Idempotency | None
+    state: AppState,
+    key_hash: bytes,
+    run_id: str,
+    idem: Idempotency | None,
+    first_hold: int = HOLD_STEP,
 ) -> RunStart:
     """``begin_run``, waiting while another request with this Idempotency-Key runs."""
     deadline = trio.current_time() + (idem.lease_s + 2 if idem else 0)
@@ -559,7 +562,7 @@ async def _begin(
         try:
             # Per-key concurrency is counted in the database too: it holds across replicas.
             start = await state.store.ledger.begin_run(
-                key_hash, run_id, HOLD_STEP, idem, max_running=state.config.max_concurrent_per_key
+                key_hash, run_id, first_hold, idem, max_running=state.config.max_concurrent_per_key
             )
         except StoreError as exc:
             log.error("request %s: %s", run_id, exc)
@@ -586,6 +589,7 @@ async def _finish(
     idem: Idempotency | None,
     result: RunResult,
     body: dict[str, Any],
+    max_credits: int | None = None,
 ) -> Settlement:
     """Charge the run once; retried within ``SETTLE_BOUND_S`` (the call is idempotent).
 
@@ -597,7 +601,11 @@ async def _finish(
         language=result.language,
         termination=result.termination.value,
         exit_code=result.exit_code,
-        duration_ms=result.duration_ms,
+        # "maxCredits" caps the charge (1 credit per ms): a run stopped at its
+        # limit may have lived a few ms past it before the kill landed.
+        duration_ms=result.duration_ms
+        if max_credits is None
+        else min(result.duration_ms, max_credits),
         queue_ms=result.queue_ms,
         billable=result.billable,
     )

@@ -8,11 +8,13 @@ change here (as long as its value is plain JSON).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from scheduler import RunRequest, RunResult, Termination
+from scheduler import InputFile, OutputFile, RunRequest, RunResult, Termination
 
 # The agent's pool levels, piggy-backed on every answer of ``POST /v1/runs``.
 LEVELS_HEADER = "X-Cinch-Pool"
@@ -106,8 +108,26 @@ class Levels:
             return None
 
 
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise WireError("file content must be base64 text")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise WireError(f"bad file content: {exc}") from exc
+
+
 def request_to_json(request: RunRequest) -> dict[str, Any]:
-    return asdict(request)
+    body = asdict(request)
+    # Bytes cross as base64; the rest is plain JSON already.
+    body["files"] = [{"path": f.path, "content": _b64(f.content)} for f in request.files]
+    return body
 
 
 def request_from_json(body: Any) -> RunRequest:
@@ -119,14 +139,23 @@ def request_from_json(body: Any) -> RunRequest:
         # A newer API than this agent: refuse rather than drop a field silently.
         raise WireError(f"unknown request fields: {', '.join(sorted(unknown))}")
     try:
-        return RunRequest(**body)
-    except TypeError as exc:
-        raise WireError(str(exc)) from exc
+        values = dict(body)
+        values["files"] = tuple(
+            InputFile(str(f["path"]), _unb64(f["content"]) or b"") for f in body.get("files", ())
+        )
+        values["args"] = tuple(str(a) for a in body.get("args", ()))
+        values["env"] = tuple((str(k), str(v)) for k, v in body.get("env", ()))
+        return RunRequest(**values)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise WireError(f"bad request: {exc!r}") from exc
 
 
 def result_to_json(result: RunResult) -> dict[str, Any]:
     body = asdict(result)
     body["termination"] = result.termination.value
+    body["files"] = [
+        {"path": f.path, "size": f.size, "content": _b64(f.content)} for f in result.files
+    ]
     return body
 
 
@@ -137,6 +166,10 @@ def result_from_json(body: Any) -> RunResult:
     try:
         values = {k: v for k, v in body.items() if k in names}
         values["termination"] = Termination(values["termination"])
+        values["files"] = tuple(
+            OutputFile(str(f["path"]), int(f["size"]), _unb64(f["content"]))
+            for f in body.get("files", ())
+        )
         return RunResult(**values)
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"bad result: {exc!r}") from exc

@@ -21,12 +21,16 @@ from ._pool import LiveSandboxes as LiveSandboxes
 from ._pool import PoolStatistics as PoolStatistics
 from ._pool import WarmPool as WarmPool
 from ._pool import run_pools as run_pools
+from ._protocol import NO_EXTRAS as NO_EXTRAS
 from ._protocol import Backend as Backend
 from ._protocol import DeathInfo as DeathInfo
 from ._protocol import Event as Event
 from ._protocol import Exited as Exited
+from ._protocol import FilesCut as FilesCut
 from ._protocol import Gone as Gone
+from ._protocol import OutFile as OutFile
 from ._protocol import Output as Output
+from ._protocol import RunExtras as RunExtras
 from ._protocol import Sandbox as Sandbox
 from ._spec import OWNER_LABEL as OWNER_LABEL
 from ._spec import SandboxLimits as SandboxLimits
@@ -34,6 +38,7 @@ from ._spec import container_config as container_config
 
 __all__ = [
     "LANGUAGES",
+    "NO_EXTRAS",
     "OWNER_LABEL",
     "Backend",
     "BackendStatistics",
@@ -46,6 +51,7 @@ __all__ = [
     "EngineUnavailable",
     "Event",
     "Exited",
+    "FilesCut",
     "Gone",
     "Instance",
     "InstanceLocked",
@@ -53,10 +59,12 @@ __all__ = [
     "LiveSandboxes",
     "NoCapacity",
     "NotFound",
+    "OutFile",
     "Output",
     "PoolError",
     "PoolStatistics",
     "ProtocolError",
+    "RunExtras",
     "Sandbox",
     "SandboxLimits",
     "SandboxStartError",

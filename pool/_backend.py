@@ -18,13 +18,17 @@ from ._cgroups import CpuWeights
 from ._docker import AttachStream, DockerClient
 from ._errors import EngineUnavailable, NotFound, PoolError, ProtocolError, SandboxStartError
 from ._protocol import (
+    NO_EXTRAS,
     DeathInfo,
     Event,
+    FilesCut,
     FrameDecoder,
     Gone,
     Output,
+    RunExtras,
     Sandbox,
     decode_exit,
+    decode_out_file,
     encode_run,
     encode_signal,
 )
@@ -109,10 +113,19 @@ class DockerSandbox:
         return not self._pending and not self._stream.readable_nowait()
 
     async def send_run(
-        self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int, *, streamed: bool = False
+        self,
+        code: bytes,
+        stdin: bytes,
+        nonce: bytes,
+        output_limit: int,
+        *,
+        streamed: bool = False,
+        extras: RunExtras = NO_EXTRAS,
     ) -> None:
         self._nonce = nonce
-        await self._stream.send_all(encode_run(nonce, output_limit, code, stdin, streamed=streamed))
+        await self._stream.send_all(
+            encode_run(nonce, output_limit, code, stdin, streamed=streamed, extras=extras)
+        )
 
     async def send_signal(self, signo: int) -> None:
         try:
@@ -131,6 +144,10 @@ class DockerSandbox:
             return Output("stderr", payload)
         if kind == b"X":
             return decode_exit(payload, self._nonce)
+        if kind == b"G":
+            return decode_out_file(payload)
+        if kind == b"T":
+            return FilesCut()
         raise ProtocolError(f"unexpected frame {kind!r} during a run")
 
     async def death_info(self) -> DeathInfo:

@@ -13,6 +13,8 @@ from typing import Protocol
 from ._errors import ProtocolError
 
 MAX_FRAME = 1 << 20  # the supervisor sends at most 64 KiB per output frame
+# An output file's frame carries the whole file (the out-files limit caps it).
+MAX_FILE_FRAME = (64 << 20) + 4096
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,87 @@ class DeathInfo:
     engine_lost: bool = False
 
 
-Event = Output | Exited | Gone
+@dataclass(frozen=True)
+class OutFile:
+    """A file the program left under ``out/``; ``content`` is None when it did not fit."""
+
+    path: str
+    size: int
+    content: bytes | None
+
+
+@dataclass(frozen=True)
+class FilesCut:
+    """The supervisor stopped looking at ``out/`` before its end (too many entries)."""
+
+
+@dataclass(frozen=True)
+class RunExtras:
+    """What a run may bring besides its code and stdin (all empty by default).
+
+    ``files``: ``(path, content)`` written under the working directory before
+    the program starts.  ``args``/``env``: the program's arguments and extra
+    environment.  ``out_max_files``/``out_max_bytes``: how many files left
+    under ``out/`` come back with their content (0 files: none are looked at).
+    """
+
+    files: tuple[tuple[str, bytes], ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    out_max_files: int = 32
+    out_max_bytes: int = 5 << 20
+
+
+NO_EXTRAS = RunExtras()
+
+Event = Output | Exited | Gone | OutFile | FilesCut
+
+
+def _blob(items: list[bytes]) -> bytes:
+    return struct.pack(">I", len(items)) + b"".join(
+        struct.pack(">I", len(item)) + item for item in items
+    )
+
+
+def encode_extra(extras: RunExtras) -> bytes:
+    """The args and env as the loader reads them (empty when there are none):
+    ``u32 n | {u32 len | arg}*`` then ``u32 n | {u32 len | NAME=value}*``."""
+    if not extras.args and not extras.env:
+        return b""
+    args = [a.encode("utf-8", "surrogatepass") for a in extras.args]
+    env = [f"{k}={v}".encode("utf-8", "surrogatepass") for k, v in extras.env]
+    return _blob(args) + _blob(env)
 
 
 def encode_run(
-    nonce: bytes, output_limit: int, code: bytes, stdin: bytes, *, streamed: bool = False
+    nonce: bytes,
+    output_limit: int,
+    code: bytes,
+    stdin: bytes,
+    *,
+    streamed: bool = False,
+    extras: RunExtras = NO_EXTRAS,
 ) -> bytes:
     """A run frame: ``R``, or ``S`` for a streamed run (the program's stdout is then
     line-buffered, so output leaves as it is printed rather than at the end)."""
-    payload = nonce + struct.pack(">II", output_limit, len(code)) + code + stdin
+    files = b"".join(
+        struct.pack(">H", len(p)) + p + struct.pack(">I", len(data)) + data
+        for p, data in ((path.encode("utf-8"), data) for path, data in extras.files)
+    )
+    extra = encode_extra(extras)
+    payload = b"".join(
+        (
+            nonce,
+            struct.pack(">II", output_limit, len(code)),
+            code,
+            struct.pack(">I", len(stdin)),
+            stdin,
+            struct.pack(">III", extras.out_max_files, extras.out_max_bytes, len(files)),
+            files,
+            struct.pack(">I", len(extra)),
+            extra,
+        )
+    )
     return (b"S" if streamed else b"R") + struct.pack(">I", len(payload)) + payload
 
 
@@ -85,7 +159,7 @@ class FrameDecoder:
         while len(self._buf) >= 5:
             kind = bytes(self._buf[:1])
             (length,) = struct.unpack(">I", self._buf[1:5])
-            if kind not in b"YOEXF" or length > MAX_FRAME:
+            if kind not in b"YOEXFGT" or length > (MAX_FILE_FRAME if kind == b"G" else MAX_FRAME):
                 raise ProtocolError(f"bad frame header {kind!r} {length}")
             if len(self._buf) < 5 + length:
                 break
@@ -104,6 +178,23 @@ def decode_exit(payload: bytes, nonce: bytes) -> Exited:
     return Exited(code=value, signal=None, authentic=authentic)
 
 
+def decode_out_file(payload: bytes) -> OutFile:
+    if len(payload) < 11:
+        raise ProtocolError("bad file frame")
+    has_content = payload[0]
+    (size,) = struct.unpack(">Q", payload[1:9])
+    (path_len,) = struct.unpack(">H", payload[9:11])
+    end = 11 + path_len
+    if len(payload) < end or has_content not in (0, 1):
+        raise ProtocolError("bad file frame")
+    path = payload[11:end].decode("utf-8", "surrogateescape")
+    if has_content:
+        return OutFile(path, len(payload) - end, payload[end:])
+    if len(payload) != end:
+        raise ProtocolError("bad file frame")
+    return OutFile(path, size, None)
+
+
 class Sandbox(Protocol):
     """One started, ready sandbox. Used once, then destroyed."""
 
@@ -120,19 +211,27 @@ class Sandbox(Protocol):
         """Whether an idle (ready) sandbox still looks alive; never blocks."""
 
     async def send_run(
-        self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int, *, streamed: bool = False
+        self,
+        code: bytes,
+        stdin: bytes,
+        nonce: bytes,
+        output_limit: int,
+        *,
+        streamed: bool = False,
+        extras: RunExtras = NO_EXTRAS,
     ) -> None:
         """Hand the program to the waiting supervisor.
 
         ``streamed``: someone reads the output as it comes, so the program's own
         stdout buffer is flushed at each line (one write per line: not for one-shot runs).
+        ``extras``: files in, args, env and how many files come back out.
         """
 
     async def send_signal(self, signo: int) -> None:
         """Signal the program's whole process group."""
 
     async def receive_event(self) -> Event:
-        """The next output chunk, the exit report, or Gone."""
+        """The next output chunk, output file, the exit report, or Gone."""
 
     async def death_info(self) -> DeathInfo:
         """Ask the engine why this sandbox ended (after :class:`Gone`)."""

@@ -21,7 +21,17 @@ from dataclasses import dataclass, field
 import trio
 
 from ._errors import EngineError, SandboxStartError
-from ._protocol import DeathInfo, Event, Exited, Gone, Output
+from ._protocol import (
+    NO_EXTRAS,
+    DeathInfo,
+    Event,
+    Exited,
+    FilesCut,
+    Gone,
+    OutFile,
+    Output,
+    RunExtras,
+)
 
 
 @dataclass
@@ -41,6 +51,7 @@ class FakeSandbox:
     stdin: bytes = b""
     running: bool = False  # given the running CPU weight by a take
     streamed: bool = False
+    extras: RunExtras = NO_EXTRAS
 
     dead: bool = False
 
@@ -48,13 +59,21 @@ class FakeSandbox:
         return not self.destroyed and not self.dead
 
     async def send_run(
-        self, code: bytes, stdin: bytes, nonce: bytes, output_limit: int, *, streamed: bool = False
+        self,
+        code: bytes,
+        stdin: bytes,
+        nonce: bytes,
+        output_limit: int,
+        *,
+        streamed: bool = False,
+        extras: RunExtras = NO_EXTRAS,
     ) -> None:
         assert not self.paused, "run sent to a paused sandbox"
         assert not self.destroyed
         self._steps = [s for s in code.decode().split(";") if s]
         self.stdin = stdin
         self.streamed = streamed
+        self.extras = extras
 
     async def send_signal(self, signo: int) -> None:
         self._signals.append(signo)
@@ -88,6 +107,14 @@ class FakeSandbox:
                         self._signalled = trio.Event()
                         await self._signalled.wait()
                 continue
+            if op == "file":  # file:PATH=CONTENT, or file:PATH~SIZE (listed without content)
+                if "~" in arg:
+                    path, _, size = arg.partition("~")
+                    return OutFile(path, int(size), None)
+                path, _, content = arg.partition("=")
+                return OutFile(path, len(content.encode()), content.encode())
+            if op == "filescut":
+                return FilesCut()
             if op == "exit":
                 return Exited(code=int(arg), signal=None, authentic=True)
             if op == "signal":

@@ -9,14 +9,18 @@ from ._scheduler import Scheduler as Scheduler
 from ._scheduler import SchedulerConfig as SchedulerConfig
 from ._scheduler import SchedulerStatistics as SchedulerStatistics
 from ._types import Budget as Budget
+from ._types import InputFile as InputFile
+from ._types import OutputFile as OutputFile
 from ._types import RunRequest as RunRequest
 from ._types import RunResult as RunResult
 from ._types import Termination as Termination
 
 __all__ = [
     "Budget",
+    "InputFile",
     "NoCapacity",
     "OutputCollector",
+    "OutputFile",
     "RunRequest",
     "RunResult",
     "Scheduler",

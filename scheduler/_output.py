@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ._types import OutputFile
+
 
 def _complete_utf8_prefix(data: bytes) -> bytes:
     """``data`` without a trailing incomplete UTF-8 sequence (cut at a byte limit)."""
@@ -96,3 +98,41 @@ class OutputCollector:
             self._data["stdout"].decode("utf-8", "replace"),
             self._data["stderr"].decode("utf-8", "replace"),
         )
+
+
+class FilesCollector:
+    """The files a run left under ``out/``, within its limits (checked again here:
+    the frames could be forged by the program, which can write to the stream)."""
+
+    def __init__(self, max_files: int, max_bytes: int) -> None:
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.max_listed = max(64, 4 * max_files)
+        self.files: list[OutputFile] = []
+        self.truncated = False
+        self._with_content = 0
+        self._bytes = 0
+        self._paths: set[str] = set()
+
+    def add(self, path: str, size: int, content: bytes | None) -> None:
+        parts = path.split("/")
+        if (
+            len(parts) < 2
+            or parts[0] != "out"
+            or any(p in ("", ".", "..") for p in parts)
+            or path in self._paths
+        ):
+            return  # not what our supervisor sends
+        if len(self.files) >= self.max_listed:
+            self.truncated = True
+            return
+        if content is not None:
+            if self._with_content < self.max_files and self._bytes + len(content) <= self.max_bytes:
+                self._with_content += 1
+                self._bytes += len(content)
+            else:
+                content = None
+        if content is None:
+            self.truncated = True
+        self._paths.add(path)
+        self.files.append(OutputFile(path, size if content is None else len(content), content))

@@ -16,17 +16,20 @@ import trio
 from pool import (
     EngineUnavailable,
     Exited,
+    FilesCut,
     Gone,
+    OutFile,
     Output,
     PoolError,
     ProtocolError,
+    RunExtras,
     Sandbox,
     WarmPool,
 )
 from pool import NoCapacity as PoolNoCapacity
 
 from ._errors import NoCapacity, ShuttingDown, UnknownLanguage
-from ._output import OutputCollector
+from ._output import FilesCollector, OutputCollector
 from ._queue import FairQueue, ServiceRate, Waiter, predict_wait_s
 from ._types import Budget, RunRequest, RunResult, Termination
 
@@ -343,6 +346,14 @@ class Scheduler:
     ) -> RunResult:
         timeout_s = min(request.timeout_s, self.config.max_run_timeout_s)
         collector = OutputCollector(request.output_limit_bytes, on_output)
+        files = FilesCollector(request.out_max_files, request.out_max_bytes)
+        extras = RunExtras(
+            files=tuple((f.path, f.content) for f in request.files),
+            args=request.args,
+            env=request.env,
+            out_max_files=request.out_max_files,
+            out_max_bytes=request.out_max_bytes,
+        )
         state = _RunState()
         nonce = os.urandom(16)
         code = request.code.encode("utf-8", "surrogatepass")
@@ -352,7 +363,12 @@ class Scheduler:
         engine_lost = False
         try:
             await sandbox.send_run(
-                code, stdin, nonce, request.output_limit_bytes, streamed=on_output is not None
+                code,
+                stdin,
+                nonce,
+                request.output_limit_bytes,
+                streamed=on_output is not None,
+                extras=extras,
             )
             async with trio.open_nursery() as nursery:
                 state.scope = nursery.cancel_scope
@@ -361,7 +377,7 @@ class Scheduler:
                     nursery.start_soon(self._enforce_budget, sandbox, state, budget, t0)
                 if stop is not None:
                     nursery.start_soon(self._enforce_stop, sandbox, state, stop)
-                end = await self._read_until_end(sandbox, collector, state)
+                end = await self._read_until_end(sandbox, collector, files, state)
                 nursery.cancel_scope.cancel()
         except EngineUnavailable as exc:
             log.warning("run %s: engine lost: %s", request.request_id, exc)
@@ -390,10 +406,16 @@ class Scheduler:
             billable=billable,
             language=request.language,
             sandbox_id=sandbox.id,
+            files=tuple(files.files),
+            files_truncated=files.truncated,
         )
 
     async def _read_until_end(
-        self, sandbox: Sandbox, collector: OutputCollector, state: _RunState
+        self,
+        sandbox: Sandbox,
+        collector: OutputCollector,
+        files: FilesCollector,
+        state: _RunState,
     ) -> Exited | Gone | None:
         while True:
             try:
@@ -407,6 +429,10 @@ class Scheduler:
                 if not collector.add(event.stream, event.data):
                     state.stopped = state.stopped or Termination.OUTPUT_LIMIT
                     return None
+            elif isinstance(event, OutFile):
+                files.add(event.path, event.size, event.content)
+            elif isinstance(event, FilesCut):
+                files.truncated = True
             elif isinstance(event, Exited):
                 if event.authentic:
                     return event

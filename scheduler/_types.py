@@ -24,6 +24,24 @@ class Termination(StrEnum):
 
 
 @dataclass(frozen=True)
+class InputFile:
+    """A file written under the run's working directory before the program starts."""
+
+    path: str  # relative, checked by the caller (no "..", no leading "/")
+    content: bytes
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A regular file the program left under ``out/``; ``content`` is None when
+    it did not fit the run's output-files limit (then only its size is known)."""
+
+    path: str  # "out/..."
+    size: int
+    content: bytes | None
+
+
+@dataclass(frozen=True)
 class RunRequest:
     """One program to run. ``language`` is the canonical name (``python``, ``javascript``)."""
 
@@ -35,6 +53,12 @@ class RunRequest:
     request_id: str = ""
     # Who asks (the account): queued runs are served round robin by tenant.
     tenant: str = ""
+    files: tuple[InputFile, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    # Files left under out/ that come back with their content; 0 files: none.
+    out_max_files: int = 32
+    out_max_bytes: int = 5 * MIB
 
 
 @dataclass(frozen=True)
@@ -56,6 +80,9 @@ class RunResult:
     billable: bool
     language: str
     sandbox_id: str = ""
+    files: tuple[OutputFile, ...] = ()
+    # Some files came back without content, or were not listed at all.
+    files_truncated: bool = False
 
     @property
     def timed_out(self) -> bool:

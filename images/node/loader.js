@@ -75,31 +75,69 @@ function reportExit(code) {
   }
 }
 
-function runProgram() {
-  fs.writeSync(STATUS_FD, "r");
-  // The code itself is read back from the file by Module.runMain; its arrival
-  // here is the signal to go: wait for the 4-byte length, then drain the rest.
-  const buf = Buffer.alloc(65536);
+const STREAMED = 0x80000000; // the length's top bit: Node writes each line at once anyway
+const EXTRA = 0x40000000; // the next bit: u32 length | the program's args and env follow
+
+// Read exactly `want` bytes from the code pipe into buf at off (the supervisor is gone: exit).
+function readExactly(buf, off, want) {
   let got = 0;
-  let want = 4;
   while (got < want) {
-    const off = Math.min(got, 4); // the length stays in buf[0, 4); code bytes are dropped
     let n;
     try {
-      n = fs.readSync(CODE_FD, buf, off, Math.min(buf.length - off, want - got), null);
+      n = fs.readSync(CODE_FD, buf, off + got, want - got, null);
     } catch (err) {
       if (err.code === "EAGAIN" || err.code === "EINTR") continue;
       throw err;
     }
-    if (n === 0) process.reallyExit(70); // the supervisor is gone
+    if (n === 0) process.reallyExit(70);
     got += n;
-    // The top bit marks a streamed run; Node writes each line at once anyway.
-    if (want === 4 && got >= 4) want = 4 + (buf.readUInt32BE(0) & 0x7fffffff);
+  }
+}
+
+// `u32 n | {u32 len | bytes}*` at `at`: [strings, next offset].
+function strings(data, at) {
+  const count = data.readUInt32BE(at);
+  at += 4;
+  const items = [];
+  for (let i = 0; i < count; i++) {
+    const len = data.readUInt32BE(at);
+    at += 4;
+    items.push(data.toString("utf8", at, at + len));
+    at += len;
+  }
+  return [items, at];
+}
+
+function runProgram() {
+  fs.writeSync(STATUS_FD, "r");
+  // The code itself is read back from the file by Module.runMain; its arrival
+  // here is the signal to go: read the 4-byte length, then drain the code.
+  const buf = Buffer.alloc(65536);
+  readExactly(buf, 0, 4);
+  const word = buf.readUInt32BE(0);
+  let left = word & ~(STREAMED | EXTRA) >>> 0;
+  while (left > 0) {
+    const n = Math.min(left, buf.length);
+    readExactly(buf, 0, n);
+    left -= n;
+  }
+  let args = [];
+  if (word & EXTRA) {
+    readExactly(buf, 0, 4);
+    const extra = Buffer.alloc(buf.readUInt32BE(0));
+    readExactly(extra, 0, extra.length);
+    let env, at;
+    [args, at] = strings(extra, 0);
+    [env] = strings(extra, at);
+    for (const item of env) {
+      const eq = item.indexOf("=");
+      process.env[item.slice(0, eq)] = item.slice(eq + 1);
+    }
   }
   fs.closeSync(CODE_FD);
   process.on("uncaughtExceptionMonitor", onUncaught);
   process.on("exit", reportExit);
-  process.argv[1] = PATH;
+  process.argv.splice(1, process.argv.length - 1, PATH, ...args);
   Module.runMain(PATH);
 }
 

@@ -133,12 +133,33 @@ def _flush_streams():
             pass
 
 
+def _save_figures():
+    """Figures the program left open come back as out/figure-N.png (matplotlib only
+    if the program imported pyplot: never imported for it)."""
+    if "matplotlib.pyplot" not in sys.modules:
+        return
+    try:
+        try:
+            import cinch_matplotlib
+        except ImportError:
+            sys.path.append(os.path.dirname(_LOADER))
+            import cinch_matplotlib
+
+        cinch_matplotlib.save_open_figures()
+    except BaseException as exc:  # the program's figures are its own; say why, go on
+        try:
+            print(f"cinch: could not save the open figures: {exc!r}", file=sys.stderr)
+        except BaseException:
+            pass
+
+
 def _finish(code):
     try:
         threading._shutdown()
     except BaseException:
         pass
     atexit._run_exitfuncs()
+    _save_figures()
     _RAW_STDOUT.tail = []
     _flush_streams()
     tail = b"".join(_RAW_STDOUT.tail)
@@ -163,28 +184,43 @@ _CODE_BUF = bytearray(1 << 16)
 
 
 STREAMED = 0x80000000  # the length's top bit: the host reads output as it comes
+EXTRA = 0x40000000  # the next bit: u32 length | the program's args and env follow
 
 
 def _receive_code():
-    """u32 length + code from fd 4: one read, usually (each syscall is costly in gVisor).
+    """u32 word + code (+ u32 length + extra) from fd 4: one read, usually (each
+    syscall is costly in gVisor).
 
-    Returns ``(code, streamed)``.
+    Returns ``(code, streamed, extra)``.
     """
     view = memoryview(_CODE_BUF)
     got = 0
-    want = 4
-    word = 0
-    while got < want:
-        n = os.readv(4, [view[got:]])
-        if n == 0:
-            os._exit(70)  # the supervisor is gone: nothing to run, nobody to tell
-        got += n
-        if want == 4 and got >= 4:
-            word = int.from_bytes(_CODE_BUF[:4], "big")
-            want = 4 + (word & ~STREAMED)
-            if want > len(_CODE_BUF):
-                return bytes(_CODE_BUF[4:got]) + _read_rest(want - got), bool(word & STREAMED)
-    return bytes(view[4:want]), bool(word & STREAMED)
+    while got < 4:
+        got += _read_into(view, got)
+    word = int.from_bytes(_CODE_BUF[:4], "big")
+    want = 4 + (word & ~(STREAMED | EXTRA))
+    if want > len(_CODE_BUF):
+        code = bytes(_CODE_BUF[4:got]) + _read_rest(want - got)
+        got = want
+        rest = b""
+    else:
+        while got < want:
+            got += _read_into(view, got)
+        code = bytes(view[4:want])
+        rest = bytes(view[want:got])
+    extra = b""
+    if word & EXTRA:
+        rest += _read_rest(max(0, 4 - len(rest)))
+        length = int.from_bytes(rest[:4], "big")
+        extra = rest[4:] + _read_rest(length - (len(rest) - 4))
+    return code, bool(word & STREAMED), extra
+
+
+def _read_into(view, at):
+    n = os.readv(4, [view[at:]])
+    if n == 0:
+        os._exit(70)  # the supervisor is gone: nothing to run, nobody to tell
+    return n
 
 
 def _read_rest(n):
@@ -198,7 +234,30 @@ def _read_rest(n):
     return b"".join(parts)
 
 
-def _run(source, streamed):
+def _strings(data, at):
+    """``u32 n | {u32 len | bytes}*`` from ``data`` at ``at``: (strings, next offset)."""
+    count = int.from_bytes(data[at : at + 4], "big")
+    at += 4
+    items = []
+    for _ in range(count):
+        length = int.from_bytes(data[at : at + 4], "big")
+        at += 4
+        items.append(data[at : at + length].decode("utf-8", "surrogateescape"))
+        at += length
+    return items, at
+
+
+def _apply_extra(extra):
+    """The program's args (after main.py) and extra environment variables."""
+    args, at = _strings(extra, 0)
+    env, _ = _strings(extra, at)
+    for item in env:
+        name, _, value = item.partition("=")
+        os.environ[name] = value
+    return args
+
+
+def _run(source, streamed, extra):
     if streamed:
         # Someone watches the output as it comes: flush at each line, as a
         # terminal would (a one-shot run keeps the block buffer and its tail).
@@ -208,7 +267,7 @@ def _run(source, streamed):
     main.__cached__ = None
     main.__builtins__ = __builtins__
     sys.modules["__main__"] = main
-    sys.argv[:] = ["main.py"]
+    sys.argv[:] = ["main.py", *(_apply_extra(extra) if extra else ())]
     sys.path[0] = os.path.dirname(PATH)
     sys.excepthook = _excepthook
     linecache.clearcache()

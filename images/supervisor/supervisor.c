@@ -10,7 +10,12 @@
  * Frames on both directions: 1 type byte, 4-byte big-endian length, payload.
  *
  * host -> supervisor (fd 0, the attached stdin)
- *   'R' run:    nonce[16] | u32 output_limit | u32 code_len | code | stdin
+ *   'R' run:    nonce[16] | u32 output_limit | u32 code_len | code
+ *               | u32 stdin_len | stdin | u32 out_max_files | u32 out_max_bytes
+ *               | u32 files_len | files | u32 extra_len | extra
+ *               files: { u16 path_len | path | u32 data_len | data }*, written
+ *               under the working directory before the program starts;
+ *               extra: the program's args and env, passed on to the loader as is
  *   'S' streamed run: the same; the host reads output as it comes, so the
  *               loader is told to flush the program's stdout at each line
  *   'K' signal: u8 signo   (sent to the program's whole process group)
@@ -20,6 +25,9 @@
  *   'O' stdout chunk, 'E' stderr chunk
  *   'X' exit:   nonce[16] | u8 kind ('e' exited, 's' killed by signal) | u32 value
  *   'F' failure: message (a fault of ours, not of the program)
+ *   'G' an output file, before 'X': u8 has_content | u64 size | u16 path_len
+ *               | path | content (when has_content)
+ *   'T' the list of output files was cut (more entries than we look at)
  *
  * loader -> supervisor (fd 3 in the loader, the status pipe)
  *   'r' once warm; later 'x' | u32 exit code | u32 tail_len | tail, when the
@@ -31,8 +39,8 @@
  *
  * supervisor -> loader (fd 4 in the loader, the code pipe)
  *   u32 code_len | code, written once the program file exists (the length's top
- *   bit set for a streamed run, which the loader strips): it is the
- *   loader's signal to go, and the Python loader compiles these bytes instead
+ *   bit set for a streamed run, which the loader strips; the next bit set when
+ *   u32 extra_len | extra follows the code): it is the loader's signal to go, and the Python loader compiles these bytes instead
  *   of reading the file back (three syscalls fewer on the hot path).  The
  *   program's stdin (fd 0) carries only the program's stdin.
  *
@@ -46,9 +54,19 @@
  * Every write to the host costs a trip through the runtime, the shim and the
  * engine.
  *
+ * Output files: when the program has ended, every regular file under out/ in
+ * the working directory (created empty while idle) is read here, inside the
+ * sandbox, after every other process is killed: opened relative to directory
+ * descriptors with O_NOFOLLOW, checked with fstat, so symlinks, FIFOs and
+ * anything else are skipped, never followed.  At most out_max_files files
+ * and out_max_bytes in all carry their content; the next ones are listed
+ * with their size only, and no more than LIST_FACTOR times out_max_files
+ * entries are looked at (then 'T').
+ *
  * usage: supervisor CODE_PATH LOADER [ARGS...]
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -66,7 +84,7 @@
 #include <unistd.h>
 
 #define WORKDIR "/tmp/work"
-#define MAX_RUN_FRAME (16u << 20) /* code + stdin, the API caps far below */
+#define MAX_RUN_FRAME (80u << 20) /* code + stdin + files, the API caps far below */
 #define DRAIN_MS 30               /* leftover children may hold the pipes */
 #define CHUNK 65536
 #define FLUSH_MS 10               /* oldest unsent output waits at most this */
@@ -74,6 +92,11 @@
 #define PEND_CAP (2 * CHUNK)      /* output collected before it must be sent */
 #define WARM_BYTES 16384          /* of each buffer, touched while idle */
 #define TAIL_CAP CHUNK            /* stdout that may come with the exit report */
+#define EXTRA_FLAG 0x40000000u    /* in the code length word: args/env follow */
+#define LIST_FACTOR 4             /* output entries looked at, per file with content */
+#define OUT_DEPTH 8               /* sub-directories of out/ followed at most */
+#define OUT_DIR_CAP 4096          /* names read from one directory at most */
+#define REAP_MS 200               /* leftover processes get this long to die */
 
 /* Frames waiting to go to the host, in order. */
 static unsigned char pend[PEND_CAP];
@@ -186,6 +209,260 @@ static ssize_t collect(int fd, char type) {
     return got;
 }
 
+/* Write every iovec, however the kernel splits it (a blocking fd). */
+static int writev_all(int fd, struct iovec *iov, int n) {
+    while (n > 0) {
+        ssize_t w = writev(fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        size_t done = (size_t)w;
+        while (n > 0 && done >= iov->iov_len) {
+            done -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= done;
+        }
+    }
+    return 0;
+}
+
+/* A relative path without empty, "." or ".." components (the API checked it
+   already; a second look costs nothing). */
+static int safe_path(const char *p, size_t len) {
+    if (len == 0 || len > 255 || p[0] == '/' || memchr(p, 0, len)) return 0;
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || p[i] == '/') {
+            size_t n = i - start;
+            if (n == 0 || (n == 1 && p[start] == '.') ||
+                (n == 2 && p[start] == '.' && p[start + 1] == '.'))
+                return 0;
+            start = i + 1;
+        }
+    }
+    return 1;
+}
+
+/* The request's files, under the working directory, before the program starts. */
+static void write_input_files(int work_fd, const unsigned char *p, size_t len) {
+    char path[256];
+    while (len > 0) {
+        if (len < 2) fail("bad files block");
+        size_t plen = ((size_t)p[0] << 8) | p[1];
+        if (len < 2 + plen + 4) fail("bad files block");
+        if (!safe_path((const char *)p + 2, plen)) fail("bad input file path");
+        memcpy(path, p + 2, plen);
+        path[plen] = 0;
+        uint32_t dlen = be32(p + 2 + plen);
+        const unsigned char *data = p + 2 + plen + 4;
+        if (dlen > len - 2 - plen - 4) fail("bad files block");
+        /* Parent directories first. */
+        for (size_t i = 1; i < plen; i++) {
+            if (path[i] != '/') continue;
+            path[i] = 0;
+            if (mkdirat(work_fd, path, 0755) < 0 && errno != EEXIST) fail("cannot create an input directory");
+            path[i] = '/';
+        }
+        int fd = openat(work_fd, path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd < 0) fail("cannot create an input file");
+        write_all(fd, data, dlen);
+        close(fd);
+        p = data + dlen;
+        len -= 2 + plen + 4 + dlen;
+    }
+}
+
+struct out_walk {
+    uint32_t max_files, files;   /* files sent with their content */
+    uint64_t max_bytes, bytes;
+    uint32_t seen, max_seen;     /* entries looked at */
+    int cut;
+};
+
+struct entry {
+    char *name;
+    unsigned char type;
+};
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(((const struct entry *)a)->name, ((const struct entry *)b)->name);
+}
+
+static void send_out_file(const char *path, uint64_t size, const unsigned char *content, size_t n) {
+    size_t plen = strlen(path);
+    unsigned char head[1 + 8 + 2];
+    head[0] = content != NULL;
+    for (int i = 0; i < 8; i++) head[1 + i] = (unsigned char)(size >> (56 - 8 * i));
+    head[9] = (unsigned char)(plen >> 8);
+    head[10] = (unsigned char)plen;
+    uint32_t total = (uint32_t)(sizeof head + plen + (content ? n : 0));
+    unsigned char hdr[5];
+    put_header(hdr, 'G', total);
+    struct iovec iov[4] = {{hdr, 5}, {head, sizeof head}, {(void *)path, plen},
+                           {(void *)content, content ? n : 0}};
+    if (writev_all(1, iov, content && n ? 4 : 3) < 0) _exit(3);
+}
+
+/* One regular file of out/: with its content if it fits what is left. */
+static void out_file(int dfd, const char *name, const char *path, struct out_walk *w) {
+    struct stat st;
+    if (w->files < w->max_files) {
+        int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) return;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+            close(fd);
+            return;
+        }
+        uint64_t size = (uint64_t)st.st_size;
+        if (size <= w->max_bytes - w->bytes) {
+            unsigned char *buf = malloc(size ? size : 1);
+            size_t got = 0;
+            while (buf && got < size) {
+                ssize_t r = read(fd, buf + got, size - got);
+                if (r < 0 && errno == EINTR) continue;
+                if (r <= 0) break;
+                got += (size_t)r;
+            }
+            close(fd);
+            if (buf) {
+                w->files++;
+                w->bytes += got;
+                send_out_file(path, got, buf, got);
+                free(buf);
+                return;
+            }
+        } else {
+            close(fd);
+        }
+    } else if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode)) {
+        return;
+    }
+    w->cut = 1;
+    send_out_file(path, (uint64_t)st.st_size, NULL, 0);
+}
+
+/* Every regular file under the directory dfd (which this closes), by name. */
+static void out_dir(int dfd, char *path, size_t plen, int depth, struct out_walk *w) {
+    DIR *dir = fdopendir(dfd);
+    if (!dir) {
+        close(dfd);
+        return;
+    }
+    struct entry *ents = NULL;
+    size_t count = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (count == OUT_DIR_CAP) {
+            w->cut = 1;
+            break;
+        }
+        if (count == cap) {
+            cap = cap ? 2 * cap : 64;
+            struct entry *more = realloc(ents, cap * sizeof *ents);
+            if (!more) fail("out of memory");
+            ents = more;
+        }
+        ents[count].name = strdup(e->d_name);
+        if (!ents[count].name) fail("out of memory");
+        ents[count].type = e->d_type;
+        count++;
+    }
+    if (count) qsort(ents, count, sizeof *ents, by_name);
+    for (size_t i = 0; i < count; i++) {
+        const char *name = ents[i].name;
+        unsigned char type = ents[i].type;
+        if (w->seen >= w->max_seen) {
+            w->cut = 1;
+            break;
+        }
+        size_t nlen = strlen(name);
+        if (plen + 1 + nlen >= 4096) continue;
+        path[plen] = '/';
+        memcpy(path + plen + 1, name, nlen + 1);
+        if (type == DT_UNKNOWN) {
+            struct stat st;
+            if (fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) < 0) continue;
+            type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : DT_LNK;
+        }
+        if (type == DT_DIR) {
+            if (depth >= OUT_DEPTH) {
+                w->cut = 1;
+            } else {
+                int sub = openat(dirfd(dir), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (sub >= 0) out_dir(sub, path, plen + 1 + nlen, depth + 1, w);
+            }
+        } else if (type == DT_REG) {
+            w->seen++;
+            out_file(dirfd(dir), name, path, w);
+        }
+        path[plen] = 0;
+    }
+    for (size_t i = 0; i < count; i++) free(ents[i].name);
+    free(ents);
+    closedir(dir);
+}
+
+/* Kill every process but us (orphans are ours to reap), and give them a moment to go. */
+static void kill_all_others(void) {
+    kill(-1, SIGKILL);
+    long long until = now_ms() + REAP_MS;
+    for (;;) {
+        pid_t p = waitpid(-1, NULL, WNOHANG);
+        if (p < 0) return; /* ECHILD: nobody left */
+        if (p == 0) {
+            if (now_ms() >= until) return;
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+/* The files the program left under out/, sent as 'G' frames (and 'T' if cut). */
+static void send_out_files(int work_fd, uint32_t max_files, uint64_t max_bytes) {
+    int od = openat(work_fd, "out", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (od < 0) return; /* removed, or replaced by a symlink: nothing to collect */
+    /* Usually empty: one look, before anything costlier. */
+    DIR *probe = fdopendir(od);
+    if (!probe) {
+        close(od);
+        return;
+    }
+    struct dirent *e;
+    int any = 0;
+    while ((e = readdir(probe)) != NULL)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { any = 1; break; }
+    closedir(probe);
+    if (!any) return;
+    /* Nothing may change the files while we read them. */
+    kill_all_others();
+    flush_pending();
+    /* gVisor follows a symlink here despite O_NOFOLLOW (with O_DIRECTORY): look
+       at the entry itself first, then make sure the open found that one.  Below
+       out/, readdir's d_type says what each entry is, and only DT_DIR and DT_REG
+       are opened (nothing can swap them now). */
+    struct stat lst, ost;
+    if (fstatat(work_fd, "out", &lst, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(lst.st_mode)) return;
+    od = openat(work_fd, "out", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (od < 0) return;
+    if (fstat(od, &ost) < 0 || ost.st_ino != lst.st_ino || ost.st_dev != lst.st_dev) {
+        close(od);
+        return;
+    }
+    struct out_walk w = {max_files, 0, max_bytes, 0, 0, 0, 0};
+    uint64_t most = (uint64_t)max_files * LIST_FACTOR;
+    w.max_seen = most < 64 ? 64 : most > 100000 ? 100000 : (uint32_t)most;
+    static char path[4096];
+    memcpy(path, "out", 4);
+    out_dir(od, path, 3, 0, &w);
+    if (w.cut) send_frame('T', NULL, 0);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) fail("usage: supervisor CODE_PATH LOADER [ARGS...]");
     /* Not dumpable: the program (same uid) cannot read our memory (the nonce)
@@ -195,6 +472,11 @@ int main(int argc, char **argv) {
 
     if (mkdir(WORKDIR, 0700) < 0 && errno != EEXIST) fail("cannot create " WORKDIR);
     if (chdir(WORKDIR) < 0) fail("cannot enter " WORKDIR);
+    /* Held open: files go in and out relative to it, whatever the program
+       renames or replaces later. */
+    int work_fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (work_fd < 0) fail("cannot open " WORKDIR);
+    if (mkdirat(work_fd, "out", 0755) < 0 && errno != EEXIST) fail("cannot create out/");
 
     int in_p[2], out_p[2], err_p[2], ready_p[2], code_p[2];
     if (pipe2(in_p, O_CLOEXEC) || pipe2(out_p, O_CLOEXEC) || pipe2(err_p, O_CLOEXEC) ||
@@ -263,7 +545,7 @@ int main(int argc, char **argv) {
         have += (size_t)more;
     }
     uint32_t len = be32(first + 1);
-    if ((first[0] != 'R' && first[0] != 'S') || len < 24 || len > MAX_RUN_FRAME)
+    if ((first[0] != 'R' && first[0] != 'S') || len < 44 || len > MAX_RUN_FRAME)
         fail("bad run frame");
     uint32_t streamed = first[0] == 'S' ? 0x80000000u : 0; /* MAX_RUN_FRAME < 2^31 */
     size_t in_first = have - 5 < len ? have - 5 : len;
@@ -281,26 +563,37 @@ int main(int argc, char **argv) {
     memcpy(nonce, frame, 16);
     uint32_t output_limit = be32(frame + 16);
     uint32_t code_len = be32(frame + 20);
-    if (code_len > len - 24) fail("bad code length");
-    const unsigned char *code = frame + 24;
-    const unsigned char *stdin_data = code + code_len;
-    size_t stdin_len = len - 24 - code_len, stdin_off = 0;
+    /* Each section: a u32 length, then that many bytes, inside the frame. */
+    size_t at = 24;
+    if (code_len > len - at - 20) fail("bad code length");
+    const unsigned char *code = frame + at;
+    at += code_len;
+    size_t stdin_len = be32(frame + at), stdin_off = 0;
+    if (stdin_len > len - at - 16) fail("bad stdin length");
+    const unsigned char *stdin_data = frame + at + 4;
+    at += 4 + stdin_len;
+    uint32_t out_max_files = be32(frame + at);
+    uint64_t out_max_bytes = be32(frame + at + 4);
+    size_t files_len = be32(frame + at + 8);
+    if (files_len > len - at - 16) fail("bad files length");
+    const unsigned char *files = frame + at + 12;
+    at += 12 + files_len;
+    size_t extra_len = be32(frame + at);
+    if (extra_len != len - at - 4) fail("bad extra length");
+    const unsigned char *extra = frame + at + 4;
 
+    if (files_len) write_input_files(work_fd, files, files_len);
     /* One syscall: the file was opened while idle; it is never closed (we exit soon). */
     write_all(cfd, code, code_len);
 
     /* The code (the loader's go), then the program's stdin, then EOF.  The code
        pipe stays open: closing it is one more syscall on the hot path. */
-    uint32_t cword = code_len | streamed;
+    uint32_t cword = code_len | streamed | (extra_len ? EXTRA_FLAG : 0);
     unsigned char clen[4] = {cword >> 24, cword >> 16, cword >> 8, cword};
-    struct iovec civ[2] = {{clen, 4}, {(void *)code, code_len}};
-    ssize_t cw = writev(code_p[1], civ, 2);
-    if (cw < 0) fail("loader is gone");
-    if ((size_t)cw < 4) fail("short write to the loader");
-    if ((size_t)cw - 4 < code_len) {
-        /* Larger than the pipe: the loader is reading; finish blocking. */
-        write_all(code_p[1], code + (cw - 4), code_len - ((size_t)cw - 4));
-    }
+    unsigned char elen[4] = {extra_len >> 24, extra_len >> 16, extra_len >> 8, extra_len};
+    struct iovec civ[4] = {{clen, 4}, {(void *)code, code_len}, {elen, 4}, {(void *)extra, extra_len}};
+    /* Larger than the pipe: the loader is reading; this blocks until it has all. */
+    if (writev_all(code_p[1], civ, extra_len ? 4 : 2) < 0) fail("loader is gone");
     long long go_at = now_ms();
     int in_fd = in_p[1];
     if (stdin_len == 0) {
@@ -458,6 +751,8 @@ int main(int argc, char **argv) {
     /* The stdout tail that came with the exit report goes after everything the
        pipes held (whichever way the loop above ended). */
     if (reported && tail_len && !over_limit) queue_frame('O', status_msg + 9, tail_len);
+    /* Output first, then the files, then the exit report. */
+    if (out_max_files) send_out_files(work_fd, out_max_files, out_max_bytes);
     unsigned char xf[21];
     memcpy(xf, nonce, 16);
     uint32_t value;
