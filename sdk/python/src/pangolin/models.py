@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,7 +38,10 @@ class File:
 
 #: What ``files=`` accepts: ``{path: content}``, or a list of :class:`File`
 #: and ``(path, content)`` pairs (which may repeat a path; the server refuses that).
-InputFiles = Mapping[str, str | bytes] | Iterable[File | tuple[str, str | bytes]]
+#: Sequence, not Iterable: with Iterable in the union, mypy cannot type a dict
+#: literal of mixed ``str`` and ``bytes`` values against it (a dict is an
+#: iterable of its keys). Any iterable works at run time.
+InputFiles = Mapping[str, str | bytes] | Sequence[File | tuple[str, str | bytes]]
 
 
 @dataclass(frozen=True)
