@@ -91,7 +91,7 @@ def test_request_shape(server: ScriptedServer) -> None:
     assert request.path == "/run"
     assert request.headers["Authorization"] == f"Bearer {KEY}"
     assert request.headers["Content-Type"] == "application/json"
-    assert request.headers["User-Agent"].startswith("pangolin-sdk/0.3.0 ")
+    assert request.headers["User-Agent"].startswith("pangolin-sdk/0.4.0 ")
     assert uuid.UUID(request.headers["Idempotency-Key"]).version == 4
     assert request.body == {"code": "console.log(1)", "language": "javascript", "stdin": "x"}
 
@@ -407,7 +407,7 @@ def test_0_2_0_usage_still_works(server: ScriptedServer) -> None:
         SandboxResult,
     )
     assert DEFAULT_BASE_URL == "https://api.cinch.codes"
-    assert pangolin.__version__ == "0.3.0"
+    assert pangolin.__version__ == "0.4.0"
 
     server.script(Reply(200, success_body()), Reply(401, {"error": "invalid API key"}))
     box = ClientSandbox(KEY, server.base_url + "/", 10.0)  # positional, as in 0.2.0

@@ -18,6 +18,7 @@ import pytest
 from pangolin import (
     AsyncSandbox,
     AuthenticationError,
+    File,
     InsufficientCreditsError,
     Sandbox,
     SandboxResult,
@@ -104,6 +105,85 @@ def test_idempotent_retry_is_charged_once(cinch_live: Any) -> None:
     assert again.credits_remaining == first.credits_remaining
     assert fresh.credits_charged is not None
     assert fresh.credits_remaining == first.credits_remaining - fresh.credits_charged
+
+
+# Files in and out, args and env (issue 18). The program reads a CSV and a
+# binary file sent with files=, prints what args and env carried, and leaves a
+# text file and the binary file's bytes under out/ for the result.
+CSV = "month,revenue\njan,10\nfeb,32\n"
+BLOB = bytes(range(256)) * 4  # every byte value, so any text mangling shows
+FILES_PROGRAM = """
+import csv, os, shutil, sys
+with open("data.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+print(sum(int(row["revenue"]) for row in rows))
+print(sys.argv[1:])
+print(os.environ["GREETING"])
+os.makedirs("out/sub", exist_ok=True)
+shutil.copyfile("in/blob.bin", "out/sub/blob.bin")
+with open("out/report.txt", "w") as f:
+    f.write(f"rows={len(rows)}\\n")
+"""
+FILES_STDOUT = "42\n['a b', '--flag', '']\nhello wörld\n"
+ARGS = ["a b", "--flag", ""]
+ENV = {"GREETING": "hello wörld"}
+
+
+def assert_files_came_back(result: SandboxResult) -> None:
+    assert result.stdout == FILES_STDOUT, result.stderr
+    assert result.exit_code == 0
+    assert not result.files_truncated
+    files = sorted(result.files, key=lambda f: f.path)
+    assert [(f.path, f.size, f.content) for f in files] == [
+        ("out/report.txt", 7, b"rows=2\n"),
+        ("out/sub/blob.bin", len(BLOB), BLOB),
+    ]
+    assert (files[0].mime_type or "").startswith("text/plain"), files[0]
+
+
+def test_sync_files_args_and_env_round_trip(cinch_live: Any, live_key: str, tmp_path: Path) -> None:
+    box = Sandbox(live_key, cinch_live.base_url, TIMEOUT)
+
+    result = box.run(
+        FILES_PROGRAM, files={"data.csv": CSV, "in/blob.bin": BLOB}, args=ARGS, env=ENV
+    )
+
+    assert_files_came_back(result)
+    written = result.save_files(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "out/report.txt",
+        "out/sub/blob.bin",
+    ]
+    assert (tmp_path / "out" / "sub" / "blob.bin").read_bytes() == BLOB
+
+
+async def test_async_files_args_and_env_round_trip_under_trio(
+    cinch_live: Any, live_key: str
+) -> None:
+    files = [File("data.csv", CSV), ("in/blob.bin", BLOB)]
+    async with AsyncSandbox(live_key, cinch_live.base_url, TIMEOUT) as box:
+        assert_files_came_back(await box.run(FILES_PROGRAM, files=files, args=ARGS, env=ENV))
+        *_, streamed = [e async for e in box.stream(FILES_PROGRAM, files=files, args=ARGS, env=ENV)]
+    assert isinstance(streamed, SandboxResult)
+    assert_files_came_back(streamed)
+
+
+def test_javascript_gets_args_env_and_files(cinch_live: Any, live_key: str) -> None:
+    code = (
+        "const fs = require('node:fs');"
+        "console.log(fs.readFileSync('data.csv', 'utf8').split('\\n')[1]);"
+        "console.log(JSON.stringify(process.argv.slice(2)), process.env.GREETING);"
+        "fs.mkdirSync('out', { recursive: true });"
+        "fs.copyFileSync('in/blob.bin', 'out/blob.bin');"
+    )
+    box = Sandbox(live_key, cinch_live.base_url, TIMEOUT)
+
+    result = box.run(
+        code, "javascript", files={"data.csv": CSV, "in/blob.bin": BLOB}, args=ARGS, env=ENV
+    )
+
+    assert result.stdout == 'jan,10\n["a b","--flag",""] hello wörld\n', result.stderr
+    assert [(f.path, f.content) for f in result.files] == [("out/blob.bin", BLOB)]
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,10 @@
  * @internal
  * @module
  */
+import { decodeBase64, encodeBase64, isBytes } from "./base64.js";
 import { CinchError, errorForStatus } from "./errors.js";
 import { parseRetryAfter } from "./retry.js";
-import type { RunResult, StreamEvent, Termination } from "./types.js";
+import type { InputFiles, OutputFile, RunResult, StreamEvent, Termination } from "./types.js";
 import { VERSION } from "./version.js";
 
 /** A prepared request, sent unchanged on every attempt. */
@@ -24,11 +25,28 @@ export interface RunRequestInput {
   idempotencyKey: string | undefined;
   /** Ask for server-sent events instead of one JSON answer. */
   stream?: boolean;
+  files?: InputFiles | undefined;
+  args?: readonly string[] | undefined;
+  env?: Record<string, string> | undefined;
+  timeoutMs?: number | undefined;
+  maxCredits?: number | undefined;
+}
+
+/** A file as `POST /run` takes it. */
+interface WireFile {
+  path: string;
+  content: string;
+  encoding: "utf-8" | "base64";
 }
 
 export const EVENT_STREAM = "text/event-stream";
 
-/** Validates the arguments of a run and builds its request. */
+/**
+ * Validates the arguments of a run and builds its request. Only types are
+ * checked: the limits (sizes, counts, paths, names) are the server's, and it
+ * names what it refuses. Options left `undefined` are not sent, so a server
+ * that predates them sees the body it always did.
+ */
 export function prepareRun(input: RunRequestInput): RunRequest {
   const { baseUrl, apiKey, code, language, stdin } = input;
   if (typeof code !== "string" || code.length === 0) {
@@ -42,8 +60,13 @@ export function prepareRun(input: RunRequestInput): RunRequest {
   if (typeof idempotencyKey !== "string" || idempotencyKey.length === 0) {
     throw new TypeError("idempotencyKey must be a non-empty string");
   }
-  const body: Record<string, string> = { code, language };
+  const body: Record<string, unknown> = { code, language };
   if (stdin !== undefined) body.stdin = stdin;
+  if (input.files !== undefined) body.files = filesToJson(input.files);
+  if (input.args !== undefined) body.args = argsToJson(input.args);
+  if (input.env !== undefined) body.env = envToJson(input.env);
+  if (input.timeoutMs !== undefined) body.timeoutMs = integer("timeoutMs", input.timeoutMs);
+  if (input.maxCredits !== undefined) body.maxCredits = integer("maxCredits", input.maxCredits);
   return {
     url: `${baseUrl}/run`,
     headers: {
@@ -55,6 +78,61 @@ export function prepareRun(input: RunRequestInput): RunRequest {
     },
     body: JSON.stringify(body),
   };
+}
+
+const FILES_TYPE = "files must be an object of path to content, or an array of { path, content }";
+
+function filesToJson(files: unknown): WireFile[] {
+  if (Array.isArray(files)) return files.map((file: unknown, index) => fileToJson(file, index));
+  if (!isPlainObject(files)) throw new TypeError(FILES_TYPE);
+  return Object.entries(files).map(([path, content], index) =>
+    fileToJson({ path, content }, index),
+  );
+}
+
+function fileToJson(file: unknown, index: number): WireFile {
+  if (!isObject(file)) throw new TypeError(`files[${index}] must be { path, content }`);
+  const { path, content, encoding } = file;
+  if (typeof path !== "string") throw new TypeError(`files[${index}].path must be a string`);
+  const name = JSON.stringify(path);
+  if (typeof content === "string") {
+    if (encoding !== undefined && encoding !== "utf-8" && encoding !== "base64") {
+      throw new TypeError(`file ${name}: encoding must be "utf-8" or "base64"`);
+    }
+    return { path, content, encoding: encoding ?? "utf-8" };
+  }
+  if (isBytes(content)) {
+    if (encoding !== undefined && encoding !== "base64") {
+      throw new TypeError(`file ${name}: bytes are sent as base64; pass a string for utf-8 text`);
+    }
+    return { path, content: encodeBase64(content), encoding: "base64" };
+  }
+  throw new TypeError(`file ${name}: content must be a string or a Uint8Array`);
+}
+
+function argsToJson(args: unknown): string[] {
+  if (!Array.isArray(args)) throw new TypeError("args must be an array of strings");
+  args.forEach((arg: unknown, index) => {
+    if (typeof arg !== "string") throw new TypeError(`args[${index}] must be a string`);
+  });
+  return [...(args as string[])];
+}
+
+function envToJson(env: unknown): Record<string, string> {
+  if (!isPlainObject(env)) throw new TypeError("env must be an object of names to strings");
+  for (const [name, value] of Object.entries(env)) {
+    if (typeof value !== "string") {
+      throw new TypeError(`env[${JSON.stringify(name)}] must be a string`);
+    }
+  }
+  return { ...(env as Record<string, string>) };
+}
+
+function integer(name: string, value: unknown): number {
+  if (typeof value !== "number" || !Number.isInteger(value)) {
+    throw new TypeError(`${name} must be an integer`);
+  }
+  return value;
 }
 
 /** Turns a `/run` response into a result, or throws the matching error. */
@@ -96,7 +174,31 @@ export function parseResponse(status: number, headers: Headers, text: string): R
     creditsCharged: toInt(data.creditsCharged),
     creditsRemaining: toInt(headers.get("x-credits-remaining")),
     requestId,
+    files: outputFiles(data.files, status, requestId),
+    filesTruncated: data.filesTruncated === true,
   };
+}
+
+function outputFiles(value: unknown, status: number, requestId: string | null): OutputFile[] {
+  const invalid = (what: string): CinchError =>
+    new CinchError(`invalid response from server: ${what}`, { status, requestId });
+  if (value === undefined || value === null) return []; // a server that predates output files
+  if (!Array.isArray(value)) throw invalid("'files' is not a list");
+  return value.map((item: unknown): OutputFile => {
+    if (!isObject(item) || typeof item.path !== "string") throw invalid("a file without a path");
+    const { path, mimeType } = item;
+    let content: Uint8Array | null = null;
+    if (item.content !== undefined && item.content !== null) {
+      content = typeof item.content === "string" ? decodeBase64(item.content) : null;
+      if (content === null) throw invalid(`the content of ${JSON.stringify(path)} is not base64`);
+    }
+    return {
+      path,
+      size: toInt(item.size) ?? content?.length ?? 0,
+      mimeType: typeof mimeType === "string" ? mimeType : null,
+      content,
+    };
+  });
 }
 
 /**
@@ -201,6 +303,13 @@ function parseJson(text: string): unknown {
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** An object literal (or `Object.create(null)`): not a Map, whose entries Object.entries misses. */
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (!isObject(value)) return false;
+  const proto: unknown = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
 }
 
 function toInt(value: unknown): number | null {

@@ -17,7 +17,10 @@ export {
 } from "./errors.js";
 export type { CinchErrorOptions, RetryAfterErrorOptions } from "./errors.js";
 export type {
+  InputFile,
+  InputFiles,
   Language,
+  OutputFile,
   RunOptions,
   RunResult,
   SandboxOptions,

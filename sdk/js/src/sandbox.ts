@@ -82,16 +82,24 @@ export class Sandbox {
    * only a failed request rejects, with a {@link CinchError} subclass.
    * HTTP 429, HTTP 503 and network failures are retried up to `maxRetries`
    * times with the same Idempotency-Key.
+   *
+   * ```ts
+   * const { stdout, files } = await box.run(code, {
+   *   files: { "data.csv": csvText, "logo.png": pngBytes }, // text as UTF-8, bytes as base64
+   *   args: ["--rows", "10"],
+   *   env: { MODE: "fast" },
+   *   timeoutMs: 5_000,
+   *   maxCredits: 100,
+   * });
+   * files[0]; // { path: "out/chart.png", size, mimeType: "image/png", content: Uint8Array }
+   * ```
+   *
+   * Wrong option types throw a `TypeError` before anything is sent; the server
+   * enforces the limits, answering HTTP 400 (a bad path, encoding, variable or
+   * limit, naming it) or 413 (files too large), both a `BadRequestError`.
    */
   async run(code: string, options: RunOptions = {}): Promise<RunResult> {
-    const request = prepareRun({
-      baseUrl: this.baseUrl,
-      apiKey: this.#apiKey,
-      code,
-      language: options.language ?? "python",
-      stdin: options.stdin,
-      idempotencyKey: options.idempotencyKey,
-    });
+    const request = this.#prepare(code, options, false);
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.#attempt(request, options.signal);
@@ -117,17 +125,10 @@ export class Sandbox {
    * up: the server stops the run and charges what it used. Failures before
    * the run starts are retried as in `run`; once the stream has begun, nothing
    * is. `timeoutMs` bounds the wait for the answer and each silence after it.
+   * The options are those of `run`; the output files come in the `result`.
    */
   async *stream(code: string, options: RunOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
-    const request = prepareRun({
-      baseUrl: this.baseUrl,
-      apiKey: this.#apiKey,
-      code,
-      language: options.language ?? "python",
-      stdin: options.stdin,
-      idempotencyKey: options.idempotencyKey,
-      stream: true,
-    });
+    const request = this.#prepare(code, options, true);
     const signal = options.signal;
     for (let attempt = 0; ; attempt++) {
       const controller = new AbortController();
@@ -193,6 +194,23 @@ export class Sandbox {
   /** The public settings; the API key is a private field and never serialised. */
   toJSON(): Record<string, unknown> {
     return { baseUrl: this.baseUrl, timeoutMs: this.timeoutMs, maxRetries: this.maxRetries };
+  }
+
+  #prepare(code: string, options: RunOptions, stream: boolean): RunRequest {
+    return prepareRun({
+      baseUrl: this.baseUrl,
+      apiKey: this.#apiKey,
+      code,
+      language: options.language ?? "python",
+      stdin: options.stdin,
+      idempotencyKey: options.idempotencyKey,
+      stream,
+      files: options.files,
+      args: options.args,
+      env: options.env,
+      timeoutMs: options.timeoutMs,
+      maxCredits: options.maxCredits,
+    });
   }
 
   async #attempt(request: RunRequest, signal: AbortSignal | undefined): Promise<RunResult> {

@@ -62,6 +62,8 @@ export function defineSuite(label, sdk) {
           creditsCharged: 1,
           creditsRemaining: 9950,
           requestId: "req_1",
+          files: [],
+          filesTruncated: false,
         });
       });
 
@@ -335,6 +337,186 @@ export function defineSuite(label, sdk) {
         await new Promise((r) => setTimeout(r, 200));
         assert.equal(api.hungUp, true);
       });
+    });
+
+    describe("files, args, env, timeoutMs, maxCredits", () => {
+      const PNG = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0xff]);
+      const b64 = (bytes) => Buffer.from(bytes).toString("base64");
+      const filesBody = successBody({
+        files: [
+          { path: "out/chart.png", size: PNG.length, mimeType: "image/png", content: b64(PNG) },
+          { path: "out/empty.txt", size: 0, mimeType: "text/plain", content: "" },
+          { path: "out/big.bin", size: 9_000_000, mimeType: "application/octet-stream" },
+          { path: "out/big2.bin", size: 7, mimeType: null, content: null },
+        ],
+        filesTruncated: true,
+      });
+      const checkFiles = (result) => {
+        assert.deepEqual(result.files, [
+          { path: "out/chart.png", size: PNG.length, mimeType: "image/png", content: PNG },
+          { path: "out/empty.txt", size: 0, mimeType: "text/plain", content: new Uint8Array() },
+          { path: "out/big.bin", size: 9_000_000, mimeType: "application/octet-stream", content: null },
+          { path: "out/big2.bin", size: 7, mimeType: null, content: null },
+        ]);
+        // A plain Uint8Array, not a Buffer: the SDK does not depend on Node.
+        assert.equal(Object.getPrototypeOf(result.files[0].content), Uint8Array.prototype);
+        assert.equal(result.filesTruncated, true);
+      };
+
+      it("sends none of them unless given, from run() and stream()", async () => {
+        api.script({ body: successBody() }, { events: [["result", successBody()]] });
+        await box().run("print(1)");
+        for await (const _ of box().stream("print(1)"));
+        for (const request of api.requests) {
+          assert.deepEqual(request.body, { code: "print(1)", language: "python" });
+        }
+      });
+
+      it("sends each one, in camelCase; text as utf-8 and bytes as base64", async () => {
+        api.script({ body: successBody() });
+        await box().run("import sys", {
+          stdin: "in",
+          files: { "data.csv": "a,b\n1,2\n", "img/logo.png": PNG },
+          args: ["--rows", "2", ""],
+          env: { MODE: "fast", EMPTY: "" },
+          timeoutMs: 500,
+          maxCredits: 50,
+        });
+        assert.deepEqual(api.requests[0].body, {
+          code: "import sys",
+          language: "python",
+          stdin: "in",
+          files: [
+            { path: "data.csv", content: "a,b\n1,2\n", encoding: "utf-8" },
+            { path: "img/logo.png", content: b64(PNG), encoding: "base64" },
+          ],
+          args: ["--rows", "2", ""],
+          env: { MODE: "fast", EMPTY: "" },
+          timeoutMs: 500,
+          maxCredits: 50,
+        });
+      });
+
+      it("takes an array of { path, content, encoding? }, Buffers too", async () => {
+        api.script({ events: [["result", successBody()]] });
+        const files = [
+          { path: "a.txt", content: "héllo" },
+          { path: "b.bin", content: Buffer.from([0, 1]) },
+          { path: "c.bin", content: b64(Buffer.from("pre-encoded")), encoding: "base64" },
+          { path: "d.txt", content: "text", encoding: "utf-8" },
+          { path: "e.bin", content: new Uint8Array() },
+          { path: "../x", content: "" }, // paths are the server's to refuse
+          { path: "../x", content: "" },
+        ];
+        for await (const _ of box().stream("x", { files, timeoutMs: 0, maxCredits: -1 }));
+        const { body } = api.requests[0];
+        assert.deepEqual(body.files, [
+          { path: "a.txt", content: "héllo", encoding: "utf-8" },
+          { path: "b.bin", content: "AAE=", encoding: "base64" },
+          { path: "c.bin", content: b64(Buffer.from("pre-encoded")), encoding: "base64" },
+          { path: "d.txt", content: "text", encoding: "utf-8" },
+          { path: "e.bin", content: "", encoding: "base64" },
+          { path: "../x", content: "", encoding: "utf-8" },
+          { path: "../x", content: "", encoding: "utf-8" },
+        ]);
+        assert.deepEqual([body.timeoutMs, body.maxCredits], [0, -1]);
+      });
+
+      it("encodes large and odd-sized bytes exactly", async () => {
+        const sizes = [1, 2, 3, 0x8000 - 1, 0x8000, 0x8000 + 1, 1_000_003];
+        const files = sizes.map((n, i) => ({
+          path: `f${i}`,
+          content: Uint8Array.from({ length: n }, (_, j) => (j * 7 + i) & 0xff),
+        }));
+        api.script({ body: successBody() });
+        await box().run("x", { files });
+        assert.deepEqual(
+          api.requests[0].body.files.map((f) => f.content),
+          files.map((f) => b64(f.content)),
+        );
+      });
+
+      const bad = [
+        [{ files: "data.csv" }, /files must be an object/],
+        [{ files: new Map([["a", "b"]]) }, /files must be an object/],
+        [{ files: [3] }, /files\[0\] must be \{ path, content \}/],
+        [{ files: [{ content: "x" }] }, /files\[0\]\.path must be a string/],
+        [{ files: { "a.txt": 3 } }, /file "a.txt": content must be a string or a Uint8Array/],
+        [{ files: { "a.txt": [1, 2] } }, /content must be a string or a Uint8Array/],
+        [{ files: [{ path: "a", content: PNG, encoding: "utf-8" }] }, /bytes are sent as base64/],
+        [{ files: [{ path: "a", content: "x", encoding: "latin1" }] }, /"utf-8" or "base64"/],
+        [{ args: "--verbose" }, /args must be an array/],
+        [{ args: ["a", 1] }, /args\[1\] must be a string/],
+        [{ env: new Map() }, /env must be an object/],
+        [{ env: { A: 1 } }, /env\["A"\] must be a string/],
+        [{ timeoutMs: 1.5 }, /timeoutMs must be an integer/],
+        [{ timeoutMs: "500" }, /timeoutMs must be an integer/],
+        [{ maxCredits: Number.NaN }, /maxCredits must be an integer/],
+      ];
+      for (const [options, message] of bad) {
+        it(`throws a TypeError before sending ${JSON.stringify(options)}`, async () => {
+          await assert.rejects(box().run("x", options), { name: "TypeError", message });
+          await assert.rejects(box().stream("x", options).next(), { name: "TypeError", message });
+          assert.equal(api.requests.length, 0);
+        });
+      }
+
+      for (const [status, message] of [
+        [400, "files[1] 'a/../b': a path must not contain '..'"],
+        [400, "env: 'PATH' may not be set"],
+        [413, "files are 11534336 bytes decoded; the limit is 10485760"],
+      ]) {
+        it(`passes the server's ${status} on as it is`, async () => {
+          api.script({ status, body: { error: message }, headers: { "X-Request-Id": "req_f" } });
+          await assert.rejects(box().run("x", { files: { a: "b" } }), (err) => {
+            assert.ok(err instanceof BadRequestError);
+            assert.deepEqual([err.message, err.status, err.requestId], [message, status, "req_f"]);
+            return true;
+          });
+        });
+      }
+
+      it("decodes the output files", async () => {
+        api.script({ body: filesBody });
+        checkFiles(await box().run("x"));
+      });
+
+      it("gives the output files in a stream's result", async () => {
+        api.script({ events: [["stdout", { text: "4\n" }], ["result", filesBody]] });
+        const seen = [];
+        for await (const event of box().stream("x")) seen.push(event);
+        assert.equal(seen.at(-1).type, "result");
+        checkFiles(seen.at(-1).result);
+      });
+
+      it("takes a missing size from the content", async () => {
+        api.script({ body: successBody({ files: [{ path: "out/a", content: b64([1, 2, 3]) }] }) });
+        const { files } = await box().run("x");
+        assert.deepEqual(files, [
+          { path: "out/a", size: 3, mimeType: null, content: new Uint8Array([1, 2, 3]) },
+        ]);
+      });
+
+      for (const [files, message] of [
+        [{ path: "out/a" }, /'files' is not a list/],
+        [[{ path: "out/a", content: "not base64!" }], /content of "out\/a" is not base64/],
+        [[{ path: "out/a", content: "QUJD\n" }], /content of "out\/a" is not base64/],
+        [[{ path: "out/a", content: "QUJ" }], /content of "out\/a" is not base64/],
+        [[{ path: "out/a", content: 5 }], /content of "out\/a" is not base64/],
+        [[{ size: 1 }], /a file without a path/],
+        [["out/a"], /a file without a path/],
+      ]) {
+        it(`rejects malformed output files: ${JSON.stringify(files)}`, async () => {
+          api.script({ body: successBody({ files }), headers: { "X-Request-Id": "req_m" } });
+          await assert.rejects(box().run("x"), (err) => {
+            assert.ok(err instanceof CinchError);
+            assert.match(err.message, /^invalid response from server: /);
+            assert.match(err.message, message);
+            assert.deepEqual([err.status, err.requestId], [200, "req_m"]);
+            return true;
+          });
+        });
+      }
     });
 
     describe("configuration", () => {

@@ -10,7 +10,7 @@ const sdk = require("@cinch/sdk");
 
 test("the require condition resolves to dist/cjs", () => {
   assert.match(require.resolve("@cinch/sdk"), /[\\/]dist[\\/]cjs[\\/]index\.js$/);
-  assert.equal(sdk.VERSION, "0.3.0");
+  assert.equal(sdk.VERSION, "0.4.0");
 });
 
 defineSuite("cjs", sdk);

@@ -7,7 +7,7 @@ import { defineSuite } from "./cases.mjs";
 
 test("the import condition resolves to dist/esm", () => {
   assert.match(import.meta.resolve("@cinch/sdk"), /\/dist\/esm\/index\.js$/);
-  assert.equal(sdk.VERSION, "0.3.0");
+  assert.equal(sdk.VERSION, "0.4.0");
 });
 
 defineSuite("esm", sdk);

@@ -13,6 +13,8 @@ if (!process.env.CINCH_BASE_URL || !process.env.CINCH_API_KEY) {
 }
 
 const box = new Sandbox({ timeoutMs: 120_000 });
+const CSV = "month,revenue\njan,10\nfeb,32\n";
+const BLOB = Uint8Array.from({ length: 1024 }, (_, i) => i & 0xff); // every byte value
 
 const checks = {
   async "python prints 4"() {
@@ -47,6 +49,50 @@ const checks = {
     const second = await box.run("print('once')", { idempotencyKey });
     assert.equal(second.stdout, first.stdout);
     assert.equal(second.creditsRemaining, first.creditsRemaining);
+  },
+
+  async "files, args and env reach the program; out/ comes back byte for byte"() {
+    const code = [
+      "import csv, os, shutil, sys",
+      "with open('data.csv', newline='') as f:",
+      "    rows = list(csv.DictReader(f))",
+      "print(sum(int(row['revenue']) for row in rows), sys.argv[1:], os.environ['GREETING'])",
+      "os.makedirs('out', exist_ok=True)",
+      "shutil.copyfile('in/blob.bin', 'out/blob.bin')",
+    ].join("\n");
+    const result = await box.run(code, {
+      files: { "data.csv": CSV, "in/blob.bin": BLOB },
+      args: ["a b", "--flag", ""],
+      env: { GREETING: "hello wörld" },
+    });
+    assert.equal(result.stdout, "42 ['a b', '--flag', ''] hello wörld\n", result.stderr);
+    assert.equal(result.filesTruncated, false);
+    assert.deepEqual(
+      result.files.map((f) => [f.path, f.size]),
+      [["out/blob.bin", BLOB.length]],
+    );
+    assert.deepEqual(result.files[0].content, BLOB);
+  },
+
+  async "javascript gets process.argv, env and files, in a stream too"() {
+    const code = [
+      "const fs = require('node:fs');",
+      "console.log(fs.readFileSync('data.csv', 'utf8').split('\\n')[1]);",
+      "console.log(JSON.stringify(process.argv.slice(2)), process.env.GREETING);",
+      "fs.mkdirSync('out', { recursive: true });",
+      "fs.writeFileSync('out/report.txt', 'done\\n');",
+    ].join("\n");
+    let result;
+    const files = [{ path: "data.csv", content: CSV }];
+    const options = { language: "javascript", files, args: ["x", "y z"], env: { GREETING: "hi" } };
+    for await (const event of box.stream(code, options)) {
+      if (event.type === "result") result = event.result;
+    }
+    assert.equal(result.stdout, 'jan,10\n["x","y z"] hi\n', result.stderr);
+    assert.deepEqual(
+      result.files.map((f) => [f.path, new TextDecoder().decode(f.content)]),
+      [["out/report.txt", "done\n"]],
+    );
   },
 
   async "a bad key is an AuthenticationError"() {

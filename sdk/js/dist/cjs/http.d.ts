@@ -1,4 +1,4 @@
-import type { RunResult, StreamEvent } from "./types.js";
+import type { InputFiles, RunResult, StreamEvent } from "./types.js";
 /** A prepared request, sent unchanged on every attempt. */
 export interface RunRequest {
     url: string;
@@ -14,9 +14,19 @@ export interface RunRequestInput {
     idempotencyKey: string | undefined;
     /** Ask for server-sent events instead of one JSON answer. */
     stream?: boolean;
+    files?: InputFiles | undefined;
+    args?: readonly string[] | undefined;
+    env?: Record<string, string> | undefined;
+    timeoutMs?: number | undefined;
+    maxCredits?: number | undefined;
 }
 export declare const EVENT_STREAM = "text/event-stream";
-/** Validates the arguments of a run and builds its request. */
+/**
+ * Validates the arguments of a run and builds its request. Only types are
+ * checked: the limits (sizes, counts, paths, names) are the server's, and it
+ * names what it refuses. Options left `undefined` are not sent, so a server
+ * that predates them sees the body it always did.
+ */
 export declare function prepareRun(input: RunRequestInput): RunRequest;
 /** Turns a `/run` response into a result, or throws the matching error. */
 export declare function parseResponse(status: number, headers: Headers, text: string): RunResult;

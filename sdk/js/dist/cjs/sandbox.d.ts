@@ -33,6 +33,21 @@ export declare class Sandbox {
      * only a failed request rejects, with a {@link CinchError} subclass.
      * HTTP 429, HTTP 503 and network failures are retried up to `maxRetries`
      * times with the same Idempotency-Key.
+     *
+     * ```ts
+     * const { stdout, files } = await box.run(code, {
+     *   files: { "data.csv": csvText, "logo.png": pngBytes }, // text as UTF-8, bytes as base64
+     *   args: ["--rows", "10"],
+     *   env: { MODE: "fast" },
+     *   timeoutMs: 5_000,
+     *   maxCredits: 100,
+     * });
+     * files[0]; // { path: "out/chart.png", size, mimeType: "image/png", content: Uint8Array }
+     * ```
+     *
+     * Wrong option types throw a `TypeError` before anything is sent; the server
+     * enforces the limits, answering HTTP 400 (a bad path, encoding, variable or
+     * limit, naming it) or 413 (files too large), both a `BadRequestError`.
      */
     run(code: string, options?: RunOptions): Promise<RunResult>;
     /**
@@ -50,6 +65,7 @@ export declare class Sandbox {
      * up: the server stops the run and charges what it used. Failures before
      * the run starts are retried as in `run`; once the stream has begun, nothing
      * is. `timeoutMs` bounds the wait for the answer and each silence after it.
+     * The options are those of `run`; the output files come in the `result`.
      */
     stream(code: string, options?: RunOptions): AsyncGenerator<StreamEvent, void, undefined>;
     /** The public settings; the API key is a private field and never serialised. */

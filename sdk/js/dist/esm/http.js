@@ -3,11 +3,17 @@
  * @internal
  * @module
  */
+import { decodeBase64, encodeBase64, isBytes } from "./base64.js";
 import { CinchError, errorForStatus } from "./errors.js";
 import { parseRetryAfter } from "./retry.js";
 import { VERSION } from "./version.js";
 export const EVENT_STREAM = "text/event-stream";
-/** Validates the arguments of a run and builds its request. */
+/**
+ * Validates the arguments of a run and builds its request. Only types are
+ * checked: the limits (sizes, counts, paths, names) are the server's, and it
+ * names what it refuses. Options left `undefined` are not sent, so a server
+ * that predates them sees the body it always did.
+ */
 export function prepareRun(input) {
     const { baseUrl, apiKey, code, language, stdin } = input;
     if (typeof code !== "string" || code.length === 0) {
@@ -25,6 +31,16 @@ export function prepareRun(input) {
     const body = { code, language };
     if (stdin !== undefined)
         body.stdin = stdin;
+    if (input.files !== undefined)
+        body.files = filesToJson(input.files);
+    if (input.args !== undefined)
+        body.args = argsToJson(input.args);
+    if (input.env !== undefined)
+        body.env = envToJson(input.env);
+    if (input.timeoutMs !== undefined)
+        body.timeoutMs = integer("timeoutMs", input.timeoutMs);
+    if (input.maxCredits !== undefined)
+        body.maxCredits = integer("maxCredits", input.maxCredits);
     return {
         url: `${baseUrl}/run`,
         headers: {
@@ -36,6 +52,60 @@ export function prepareRun(input) {
         },
         body: JSON.stringify(body),
     };
+}
+const FILES_TYPE = "files must be an object of path to content, or an array of { path, content }";
+function filesToJson(files) {
+    if (Array.isArray(files))
+        return files.map((file, index) => fileToJson(file, index));
+    if (!isPlainObject(files))
+        throw new TypeError(FILES_TYPE);
+    return Object.entries(files).map(([path, content], index) => fileToJson({ path, content }, index));
+}
+function fileToJson(file, index) {
+    if (!isObject(file))
+        throw new TypeError(`files[${index}] must be { path, content }`);
+    const { path, content, encoding } = file;
+    if (typeof path !== "string")
+        throw new TypeError(`files[${index}].path must be a string`);
+    const name = JSON.stringify(path);
+    if (typeof content === "string") {
+        if (encoding !== undefined && encoding !== "utf-8" && encoding !== "base64") {
+            throw new TypeError(`file ${name}: encoding must be "utf-8" or "base64"`);
+        }
+        return { path, content, encoding: encoding ?? "utf-8" };
+    }
+    if (isBytes(content)) {
+        if (encoding !== undefined && encoding !== "base64") {
+            throw new TypeError(`file ${name}: bytes are sent as base64; pass a string for utf-8 text`);
+        }
+        return { path, content: encodeBase64(content), encoding: "base64" };
+    }
+    throw new TypeError(`file ${name}: content must be a string or a Uint8Array`);
+}
+function argsToJson(args) {
+    if (!Array.isArray(args))
+        throw new TypeError("args must be an array of strings");
+    args.forEach((arg, index) => {
+        if (typeof arg !== "string")
+            throw new TypeError(`args[${index}] must be a string`);
+    });
+    return [...args];
+}
+function envToJson(env) {
+    if (!isPlainObject(env))
+        throw new TypeError("env must be an object of names to strings");
+    for (const [name, value] of Object.entries(env)) {
+        if (typeof value !== "string") {
+            throw new TypeError(`env[${JSON.stringify(name)}] must be a string`);
+        }
+    }
+    return { ...env };
+}
+function integer(name, value) {
+    if (typeof value !== "number" || !Number.isInteger(value)) {
+        throw new TypeError(`${name} must be an integer`);
+    }
+    return value;
 }
 /** Turns a `/run` response into a result, or throws the matching error. */
 export function parseResponse(status, headers, text) {
@@ -75,7 +145,33 @@ export function parseResponse(status, headers, text) {
         creditsCharged: toInt(data.creditsCharged),
         creditsRemaining: toInt(headers.get("x-credits-remaining")),
         requestId,
+        files: outputFiles(data.files, status, requestId),
+        filesTruncated: data.filesTruncated === true,
     };
+}
+function outputFiles(value, status, requestId) {
+    const invalid = (what) => new CinchError(`invalid response from server: ${what}`, { status, requestId });
+    if (value === undefined || value === null)
+        return []; // a server that predates output files
+    if (!Array.isArray(value))
+        throw invalid("'files' is not a list");
+    return value.map((item) => {
+        if (!isObject(item) || typeof item.path !== "string")
+            throw invalid("a file without a path");
+        const { path, mimeType } = item;
+        let content = null;
+        if (item.content !== undefined && item.content !== null) {
+            content = typeof item.content === "string" ? decodeBase64(item.content) : null;
+            if (content === null)
+                throw invalid(`the content of ${JSON.stringify(path)} is not base64`);
+        }
+        return {
+            path,
+            size: toInt(item.size) ?? content?.length ?? 0,
+            mimeType: typeof mimeType === "string" ? mimeType : null,
+            content,
+        };
+    });
 }
 /**
  * Server-sent events from the body's text, fed in pieces as they arrive. Lines
@@ -178,6 +274,13 @@ function parseJson(text) {
 }
 function isObject(value) {
     return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+/** An object literal (or `Object.create(null)`): not a Map, whose entries Object.entries misses. */
+function isPlainObject(value) {
+    if (!isObject(value))
+        return false;
+    const proto = Object.getPrototypeOf(value);
+    return proto === Object.prototype || proto === null;
 }
 function toInt(value) {
     if (value === null || value === undefined || typeof value === "boolean")

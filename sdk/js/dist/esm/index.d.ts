@@ -6,5 +6,5 @@
 export { DEFAULT_BASE_URL, Sandbox } from "./sandbox.js";
 export { AuthenticationError, BadRequestError, CinchError, ConflictError, InsufficientCreditsError, NetworkError, RateLimitError, RequestTimeoutError, ServiceUnavailableError, } from "./errors.js";
 export type { CinchErrorOptions, RetryAfterErrorOptions } from "./errors.js";
-export type { Language, RunOptions, RunResult, SandboxOptions, StreamEvent, Termination, } from "./types.js";
+export type { InputFile, InputFiles, Language, OutputFile, RunOptions, RunResult, SandboxOptions, StreamEvent, Termination, } from "./types.js";
 export { VERSION } from "./version.js";

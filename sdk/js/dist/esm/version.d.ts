@@ -1,2 +1,2 @@
 /** The SDK version, sent in the User-Agent header. */
-export declare const VERSION = "0.3.0";
+export declare const VERSION = "0.4.0";

@@ -1,2 +1,2 @@
 /** The SDK version, sent in the User-Agent header. */
-export const VERSION = "0.3.0";
+export const VERSION = "0.4.0";

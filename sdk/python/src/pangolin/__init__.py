@@ -9,6 +9,9 @@ Run untrusted code in disposable sandboxes with one call::
 
     for event in Sandbox().stream(code):   # output as it is written, then the result
         ...
+
+    result = Sandbox().run(code, files={"data.csv": csv_text}, args=["--plot"])
+    result.save_files("results")   # what the program left under out/
 """
 
 from ._base import DEFAULT_BASE_URL
@@ -26,7 +29,7 @@ from .errors import (
     RequestTimeoutError,
     ServiceUnavailableError,
 )
-from .models import OutputChunk, SandboxResult, StreamEvent
+from .models import File, InputFiles, OutputChunk, OutputFile, SandboxResult, StreamEvent
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -35,9 +38,12 @@ __all__ = [
     "BadRequestError",
     "CinchError",
     "ConflictError",
+    "File",
+    "InputFiles",
     "InsufficientCreditsError",
     "NetworkError",
     "OutputChunk",
+    "OutputFile",
     "RateLimitError",
     "RequestTimeoutError",
     "Sandbox",

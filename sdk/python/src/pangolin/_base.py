@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 
 from ._http import RunRequest, prepare_run
+from .models import InputFiles
 
 #: The hosted service's API root, used when neither ``base_url`` nor
 #: ``CINCH_BASE_URL`` is given. A self-hosted setup must set one of them, or
@@ -65,6 +67,11 @@ class SandboxBase:
         idempotency_key: str | None,
         *,
         stream: bool = False,
+        files: InputFiles | None = None,
+        args: Iterable[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        max_credits: int | None = None,
     ) -> RunRequest:
         return prepare_run(
             base_url=self.base_url,
@@ -74,6 +81,11 @@ class SandboxBase:
             stdin=stdin,
             idempotency_key=idempotency_key,
             stream=stream,
+            files=files,
+            args=args,
+            env=env,
+            timeout_ms=timeout_ms,
+            max_credits=max_credits,
         )
 
 

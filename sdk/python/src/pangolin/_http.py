@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import platform
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,7 @@ import httpx
 from ._retry import parse_retry_after
 from ._version import __version__
 from .errors import CinchError, NetworkError, RequestTimeoutError, error_for_status
-from .models import OutputChunk, SandboxResult, StreamEvent
+from .models import File, InputFiles, OutputChunk, OutputFile, SandboxResult, StreamEvent
 
 USER_AGENT = f"pangolin-sdk/{__version__} python/{platform.python_version()}"
 EVENT_STREAM = "text/event-stream"
@@ -38,8 +40,18 @@ def prepare_run(
     stdin: str | None,
     idempotency_key: str | None,
     stream: bool = False,
+    files: InputFiles | None = None,
+    args: Iterable[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_ms: int | None = None,
+    max_credits: int | None = None,
 ) -> RunRequest:
     """Validates the arguments of a run and builds its request.
+
+    Only the types are checked here; the limits (sizes, counts, paths,
+    variable names, the server's time limit) are the server's to enforce,
+    and it names what it refuses. An argument left at ``None`` is not sent, so
+    a server that predates it sees the same body as before.
 
     Args:
         base_url: The API root, without a trailing slash.
@@ -49,13 +61,20 @@ def prepare_run(
         stdin: Optional standard input for the program.
         idempotency_key: Caller-chosen key; a random UUID4 when ``None``.
         stream: Ask for server-sent events instead of one JSON answer.
+        files: Files to write before the program starts.
+        args: The program's command-line arguments.
+        env: Extra environment variables.
+        timeout_ms: A lower wall-clock limit for this run.
+        max_credits: The most this run may cost.
 
     Returns:
         The request to send.
 
     Raises:
-        ValueError: If ``code`` or ``idempotency_key`` is empty or not a string.
-        TypeError: If ``language`` or ``stdin`` is not a string.
+        ValueError: If ``code`` or ``idempotency_key`` is empty or not a
+            string, or a file's ``encoding`` is unknown or does not fit its
+            content.
+        TypeError: If another argument has the wrong type.
     """
     if not isinstance(code, str) or not code:
         raise ValueError("code must be a non-empty string")
@@ -71,6 +90,16 @@ def prepare_run(
     body: dict[str, Any] = {"code": code, "language": language}
     if stdin is not None:
         body["stdin"] = stdin
+    if files is not None:
+        body["files"] = _files_to_json(files)
+    if args is not None:
+        body["args"] = _args_to_json(args)
+    if env is not None:
+        body["env"] = _env_to_json(env)
+    if timeout_ms is not None:
+        body["timeoutMs"] = _int_arg("timeout_ms", timeout_ms)
+    if max_credits is not None:
+        body["maxCredits"] = _int_arg("max_credits", max_credits)
     return RunRequest(
         url=f"{base_url}/run",
         headers={
@@ -82,6 +111,67 @@ def prepare_run(
         },
         content=json.dumps(body).encode("utf-8"),
     )
+
+
+def _files_to_json(files: InputFiles) -> list[dict[str, str]]:
+    if isinstance(files, (str, bytes, bytearray, memoryview)):
+        raise TypeError(_FILES_TYPE)
+    if isinstance(files, Mapping):
+        items: list[Any] = [File(path, content) for path, content in files.items()]
+    else:
+        try:
+            items = list(files)
+        except TypeError:
+            raise TypeError(_FILES_TYPE) from None
+    return [_file_to_json(index, item) for index, item in enumerate(items)]
+
+
+_FILES_TYPE = "files must be a mapping of path to content, or a list of File or (path, content)"
+
+
+def _file_to_json(index: int, item: Any) -> dict[str, str]:
+    if isinstance(item, tuple) and len(item) == 2:
+        item = File(*item)
+    if not isinstance(item, File):
+        raise TypeError(f"files[{index}] must be a File or a (path, content) pair, not {item!r}")
+    path, content, encoding = item.path, item.content, item.encoding
+    if not isinstance(path, str):
+        raise TypeError(f"files[{index}]: the path must be a string, not {type(path).__name__}")
+    if isinstance(content, str):
+        if encoding not in (None, "utf-8", "base64"):
+            raise ValueError(f"file {path!r}: encoding must be 'utf-8' or 'base64'")
+        return {"path": path, "content": content, "encoding": encoding or "utf-8"}
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        if encoding not in (None, "base64"):
+            raise ValueError(f"file {path!r}: bytes are sent as base64; pass str for utf-8 text")
+        text = base64.b64encode(content).decode("ascii")
+        return {"path": path, "content": text, "encoding": "base64"}
+    raise TypeError(f"file {path!r}: content must be str or bytes, not {type(content).__name__}")
+
+
+def _args_to_json(args: Iterable[str]) -> list[str]:
+    if isinstance(args, (str, bytes)):  # would be split into characters
+        raise TypeError("args must be a list of strings, not a single string")
+    values = list(args)
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise TypeError(f"args[{index}] must be a string, not {type(value).__name__}")
+    return values
+
+
+def _env_to_json(env: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(env, Mapping):
+        raise TypeError("env must be a mapping of names to strings")
+    for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"env[{name!r}] must be a string named by a string")
+    return dict(env)
+
+
+def _int_arg(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    return value
 
 
 def parse_response(response: httpx.Response) -> SandboxResult:
@@ -115,7 +205,7 @@ def parse_response(response: httpx.Response) -> SandboxResult:
             response.status_code,
             request_id=request_id,
         )
-    return _result_from_json(data, response.headers, request_id)
+    return _result_from_json(data, response, request_id)
 
 
 def transport_error(exc: httpx.TransportError | httpx.InvalidURL) -> CinchError:
@@ -150,7 +240,7 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _result_from_json(
-    data: Mapping[str, Any], headers: httpx.Headers, request_id: str | None
+    data: Mapping[str, Any], response: httpx.Response, request_id: str | None
 ) -> SandboxResult:
     return SandboxResult(
         stdout=str(data.get("stdout") or ""),
@@ -163,8 +253,49 @@ def _result_from_json(
         truncated=bool(data.get("truncated", False)),
         queue_ms=_optional_int(data.get("queueMs")),
         credits_charged=_optional_int(data.get("creditsCharged")),
-        credits_remaining=_optional_int(headers.get("x-credits-remaining")),
+        credits_remaining=_optional_int(response.headers.get("x-credits-remaining")),
         request_id=request_id,
+        files=_output_files(data.get("files"), response),
+        files_truncated=bool(data.get("filesTruncated", False)),
+    )
+
+
+def _output_files(value: Any, response: httpx.Response) -> list[OutputFile]:
+    if value is None:
+        return []  # a server that predates output files
+    if not isinstance(value, list):
+        raise _invalid("'files' is not a list", response)
+    files = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise _invalid("a file without a path", response)
+        path, encoded = item["path"], item.get("content")
+        content = None
+        if encoded is not None:
+            if not isinstance(encoded, str):
+                raise _invalid(f"the content of {path!r} is not base64", response)
+            try:
+                content = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise _invalid(f"the content of {path!r} is not base64", response) from None
+        size = _optional_int(item.get("size"))
+        mime_type = item.get("mimeType")
+        files.append(
+            OutputFile(
+                path=path,
+                size=size if size is not None else len(content or b""),
+                mime_type=mime_type if isinstance(mime_type, str) else None,
+                content=content,
+            )
+        )
+    return files
+
+
+def _invalid(what: str, response: httpx.Response) -> CinchError:
+    return CinchError(
+        f"invalid response from server: {what}",
+        response.status_code,
+        request_id=response.headers.get("x-request-id"),
     )
 
 
@@ -251,7 +382,7 @@ def stream_event(event: str, data: str, response: httpx.Response) -> StreamEvent
     if event in ("stdout", "stderr"):
         return OutputChunk(event, str(payload.get("text") or ""))
     if event == "result":
-        result = _result_from_json(payload, response.headers, request_id)
+        result = _result_from_json(payload, response, request_id)
         result.credits_remaining = None  # the header predates the run
         return result
     if event == "error":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 
 import anyio
@@ -20,7 +20,7 @@ from ._http import (
 )
 from ._retry import is_retryable, retry_delay
 from .errors import CinchError
-from .models import OutputChunk, SandboxResult, StreamEvent
+from .models import InputFiles, OutputChunk, SandboxResult, StreamEvent
 
 __all__ = ["AsyncSandbox"]
 
@@ -56,6 +56,11 @@ class AsyncSandbox(SandboxBase):
         language: str = "python",
         *,
         stdin: str | None = None,
+        files: InputFiles | None = None,
+        args: Iterable[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        max_credits: int | None = None,
         idempotency_key: str | None = None,
     ) -> SandboxResult:
         """Runs ``code`` in a fresh sandbox and returns its output.
@@ -63,7 +68,17 @@ class AsyncSandbox(SandboxBase):
         See :meth:`pangolin.Sandbox.run`; the arguments, result and errors
         are the same.
         """
-        request = self._prepare(code, language, stdin, idempotency_key)
+        request = self._prepare(
+            code,
+            language,
+            stdin,
+            idempotency_key,
+            files=files,
+            args=args,
+            env=env,
+            timeout_ms=timeout_ms,
+            max_credits=max_credits,
+        )
         async with self._session() as client:
             attempt = 0
             while True:
@@ -81,6 +96,11 @@ class AsyncSandbox(SandboxBase):
         language: str = "python",
         *,
         stdin: str | None = None,
+        files: InputFiles | None = None,
+        args: Iterable[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        max_credits: int | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Runs ``code``, yielding its output as it is written, then its result.
@@ -88,7 +108,18 @@ class AsyncSandbox(SandboxBase):
         See :meth:`pangolin.Sandbox.stream`; use it with ``async for``. Leaving
         the loop early hangs up, which stops the run.
         """
-        request = self._prepare(code, language, stdin, idempotency_key, stream=True)
+        request = self._prepare(
+            code,
+            language,
+            stdin,
+            idempotency_key,
+            stream=True,
+            files=files,
+            args=args,
+            env=env,
+            timeout_ms=timeout_ms,
+            max_credits=max_credits,
+        )
         async with self._session() as client:
             attempt = 0
             while True:

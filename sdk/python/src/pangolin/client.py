@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 
 import httpx
@@ -25,7 +25,7 @@ from ._http import (
 )
 from ._retry import is_retryable, retry_delay
 from .errors import CinchError
-from .models import OutputChunk, SandboxResult, StreamEvent
+from .models import InputFiles, OutputChunk, SandboxResult, StreamEvent
 
 __all__ = ["DEFAULT_BASE_URL", "CinchError", "Sandbox", "SandboxResult"]
 
@@ -62,6 +62,11 @@ class Sandbox(SandboxBase):
         language: str = "python",
         *,
         stdin: str | None = None,
+        files: InputFiles | None = None,
+        args: Iterable[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        max_credits: int | None = None,
         idempotency_key: str | None = None,
     ) -> SandboxResult:
         """Runs ``code`` in a fresh sandbox and returns its output.
@@ -74,19 +79,58 @@ class Sandbox(SandboxBase):
             language: ``"python"`` or ``"javascript"`` (aliases ``python3``,
                 ``js``, ``node``).
             stdin: Text fed to the program's standard input.
+            files: Files written into the program's working directory before
+                it starts: ``{"data.csv": text, "logo.png": png_bytes}``, or a
+                list of :class:`~pangolin.File` and ``(path, content)`` pairs.
+                ``str`` content is sent as UTF-8, ``bytes`` as base64. Paths
+                are relative (no ``..``, NUL or leading ``/``, at most 255
+                bytes); by default at most 64 files and 10 MiB in all.
+            args: Command-line arguments: ``sys.argv[1:]`` in Python,
+                ``process.argv.slice(2)`` in JavaScript (at most 64, each at
+                most 4 KiB).
+            env: Extra environment variables (names ``[A-Za-z_][A-Za-z0-9_]*``,
+                at most 64 and 64 KiB in all). ``PATH``, ``HOME``, ``LANG``,
+                ``PYTHON*``, ``NODE_*`` and ``LD_*`` are refused.
+            timeout_ms: A wall-clock limit for this run, in milliseconds,
+                from 1 to the server's limit, which it can only lower. A run
+                that hits it has ``timed_out`` set. (``timeout`` on the client
+                is how long to wait for the answer; keep it above this.)
+            max_credits: The most this run may cost: it is stopped with
+                ``termination == "credit_limit"`` before it would cost more,
+                and charged at most this.
             idempotency_key: Makes the run idempotent for 24 hours: the same
                 key with the same body returns the stored result and is
                 charged once. A random key is generated when omitted, and
                 reused across this call's retries.
 
+        Arguments left at ``None`` are not sent, so a server that predates
+        them keeps working. Only their types are checked here; the server
+        enforces the limits and answers a bad path, encoding, variable or
+        limit with HTTP 400 (:class:`~pangolin.BadRequestError`, naming the
+        file or field), and files over a size limit with HTTP 413 (also a
+        ``BadRequestError``).
+
         Returns:
-            The program's output and exit status.
+            The program's output and exit status, and the files it left under
+            ``out/`` (:attr:`~pangolin.SandboxResult.files`).
 
         Raises:
-            ValueError: If ``code`` is empty or not a string.
+            ValueError: If ``code`` is empty or not a string, or a file's
+                ``encoding`` does not fit its content.
+            TypeError: If another argument has the wrong type.
             CinchError: Or a subclass, if the request failed after retries.
         """
-        request = self._prepare(code, language, stdin, idempotency_key)
+        request = self._prepare(
+            code,
+            language,
+            stdin,
+            idempotency_key,
+            files=files,
+            args=args,
+            env=env,
+            timeout_ms=timeout_ms,
+            max_credits=max_credits,
+        )
         with self._session() as client:
             attempt = 0
             while True:
@@ -104,6 +148,11 @@ class Sandbox(SandboxBase):
         language: str = "python",
         *,
         stdin: str | None = None,
+        files: InputFiles | None = None,
+        args: Iterable[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        max_credits: int | None = None,
         idempotency_key: str | None = None,
     ) -> Iterator[StreamEvent]:
         """Runs ``code`` like :meth:`run`, yielding its output as it is written.
@@ -123,12 +172,28 @@ class Sandbox(SandboxBase):
         the run and charges what it used. Failures before the run starts are
         retried as in :meth:`run`; once output has arrived, nothing is retried.
 
+        The arguments are those of :meth:`run`; the output files come in the
+        final result.
+
         Raises:
-            ValueError: If ``code`` is empty or not a string.
+            ValueError: If ``code`` is empty or not a string, or a file's
+                ``encoding`` does not fit its content.
+            TypeError: If another argument has the wrong type.
             CinchError: Or a subclass, if the request failed, or the run failed
                 on the server's side after it began.
         """
-        request = self._prepare(code, language, stdin, idempotency_key, stream=True)
+        request = self._prepare(
+            code,
+            language,
+            stdin,
+            idempotency_key,
+            stream=True,
+            files=files,
+            args=args,
+            env=env,
+            timeout_ms=timeout_ms,
+            max_credits=max_credits,
+        )
         with self._session() as client:
             attempt = 0
             while True:
