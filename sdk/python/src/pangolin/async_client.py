@@ -138,13 +138,24 @@ class AsyncSandbox(SandboxBase):
                             return
                         began = True
                         reader = EventReader()
+                        final: StreamEvent | None = None
                         async for chunk in response.aiter_raw():
+                            if final is not None:
+                                continue
                             for name, data in reader.feed(chunk):
                                 event = stream_event(name, data, response)
-                                if event is not None:
-                                    yield event
-                                    if not isinstance(event, OutputChunk):
-                                        return
+                                if event is None:
+                                    continue
+                                if not isinstance(event, OutputChunk):
+                                    final = event
+                                    break
+                                yield event
+                        if final is not None:
+                            # The stream ends right after the result: read it to
+                            # its end first, so no half-read generator of the HTTP
+                            # client is left to the garbage collector (trio warns).
+                            yield final
+                            return
                     raise CinchError("the stream ended without a result", 200)
                 except (httpx.TransportError, httpx.InvalidURL) as exc:
                     failure = transport_error(exc)
