@@ -124,6 +124,10 @@ def languages_schema() -> dict[str, Any]:
                     "outputBytes",
                     "codeBytes",
                     "stdinBytes",
+                    "files",
+                    "filesBytes",
+                    "outFiles",
+                    "outFilesBytes",
                     "tmpBytes",
                     "processes",
                     "network",
@@ -134,6 +138,10 @@ def languages_schema() -> dict[str, Any]:
                     "outputBytes": integer,
                     "codeBytes": integer,
                     "stdinBytes": integer,
+                    "files": integer,
+                    "filesBytes": integer,
+                    "outFiles": integer,
+                    "outFilesBytes": integer,
                     "tmpBytes": integer,
                     "processes": integer,
                     "network": {"type": "string", "enum": ["none"]},
@@ -187,6 +195,29 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "queueMs": {"type": "integer", "minimum": 0},
             "creditsCharged": {"type": "integer", "minimum": 0},
             "language": {"type": "string", "enum": ["python", "javascript"]},
+            "files": {
+                "type": "array",
+                "description": "Every regular file the program left under out/ in its working "
+                "directory (read inside the sandbox; symlinks and special files are skipped), "
+                f"sorted by path. At most {config.max_out_files} files and "
+                f"{config.max_out_files_bytes} bytes in all carry their content; the next ones "
+                "are listed with content null (and filesTruncated is true).",
+                "items": {
+                    "type": "object",
+                    "required": ["path", "size", "mimeType", "content"],
+                    "properties": {
+                        "path": {"type": "string", "examples": ["out/chart.png"]},
+                        "size": {"type": "integer", "minimum": 0},
+                        "mimeType": {"type": "string", "examples": ["image/png"]},
+                        "content": {
+                            "type": ["string", "null"],
+                            "contentEncoding": "base64",
+                            "description": "null when the file did not fit the limits",
+                        },
+                    },
+                },
+            },
+            "filesTruncated": {"type": "boolean"},
         },
     }
     return {
@@ -260,6 +291,56 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             "type": ["string", "null"],
                             "description": f"At most {config.max_stdin_bytes} bytes.",
                         },
+                        "files": {
+                            "type": "array",
+                            "maxItems": config.max_files,
+                            "description": "Written under the working directory before the "
+                            "program starts. Relative paths without .. or empty segments, NUL "
+                            "or a leading /, at most 255 bytes, not under out/ and not the "
+                            f"program's own file; at most {config.max_files_bytes} bytes in "
+                            "all, decoded (413 above).",
+                            "items": {
+                                "type": "object",
+                                "required": ["path", "content"],
+                                "properties": {
+                                    "path": {"type": "string", "examples": ["data.csv"]},
+                                    "content": {"type": "string"},
+                                    "encoding": {
+                                        "type": "string",
+                                        "enum": ["utf-8", "base64"],
+                                        "default": "utf-8",
+                                    },
+                                },
+                            },
+                        },
+                        "args": {
+                            "type": "array",
+                            "maxItems": 64,
+                            "items": {"type": "string", "description": "At most 4096 bytes"},
+                            "description": "sys.argv[1:] in Python, process.argv.slice(2) in "
+                            "JavaScript.",
+                        },
+                        "env": {
+                            "type": "object",
+                            "maxProperties": 64,
+                            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                            "additionalProperties": {"type": "string"},
+                            "description": "Extra environment variables, 64 KiB in all. "
+                            "Reserved (400): PATH, HOME, LANG, LANGUAGE, PWD, LC_*, PYTHON*, "
+                            "NODE_*, LD_*, MPL*, CINCH_*.",
+                        },
+                        "timeoutMs": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": round(config.run_timeout_s * 1000),
+                            "description": "Lowers this run's time limit (never raises it).",
+                        },
+                        "maxCredits": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "Stop the run (termination credit_limit) when it "
+                            "would cost more; it is charged at most this.",
+                        },
                     },
                 },
                 "RunResult": run_result,
@@ -325,7 +406,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             "Idempotency-Key reused with another body, or its first "
                             "request is still running"
                         ),
-                        "413": _error("Code or stdin (or the whole body) too large"),
+                        "413": _error(
+                            "Code, stdin, files, args or env (or the whole body) over a limit"
+                        ),
                         "429": _error(
                             "Rate limited: too many requests or runs at once for this key, "
                             "or too many invalid keys from this address",
