@@ -730,3 +730,55 @@ def test_collector_cut_with_chunks_split_anywhere(text: str, cuts: list[int], li
     else:
         assert out == text
         assert not c.truncated
+
+
+# -- files out (issue 18) ----------------------------------------------------------------
+
+
+async def test_out_files_are_capped_on_the_host_too(autojump_clock: trio.testing.MockClock) -> None:
+    # The program can write frames into the stream itself: the host checks the limits again.
+    steps = ";".join(f"file:out/f{i}=abc" for i in range(5))
+    async with running() as s:
+        result = await s.run(
+            steps + ";file:out/big=" + "x" * 20 + ";file:../etc/passwd=root;file:out/f0=again",
+            out_max_files=3,
+            out_max_bytes=10,
+        )
+    assert [(f.path, f.content) for f in result.files] == [
+        ("out/f0", b"abc"),
+        ("out/f1", b"abc"),
+        ("out/f2", b"abc"),
+        ("out/f3", None),
+        ("out/f4", None),
+        ("out/big", None),
+    ]
+    assert result.files_truncated
+
+
+async def test_a_cut_listing_marks_the_files_truncated(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as s:
+        plain = await s.run("file:out/a=1")
+        cut = await s.run("file:out/a=1;filescut")
+    assert not plain.files_truncated
+    assert [f.size for f in plain.files] == [1]
+    assert cut.files_truncated
+
+
+async def test_files_args_and_env_reach_the_sandbox(autojump_clock: trio.testing.MockClock) -> None:
+    from scheduler import InputFile
+
+    async with running() as s:
+        result = await s.run(
+            "out:x",
+            files=(InputFile("a.csv", b"1,2"),),
+            args=("--x",),
+            env=(("K", "v"),),
+            out_max_files=7,
+        )
+        extras = s.sandbox(result.sandbox_id).extras
+    assert extras.files == (("a.csv", b"1,2"),)
+    assert extras.args == ("--x",)
+    assert extras.env == (("K", "v"),)
+    assert extras.out_max_files == 7
