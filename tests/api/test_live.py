@@ -206,14 +206,15 @@ async def test_errors_over_real_http_are_json(cinch_live):
             assert r.status_code == status
             assert r.headers["content-type"].startswith("application/json")
             assert "error" in r.json()
-    # A 5 MB body is refused before it is read. Over a plain socket: httpx's body
-    # generator, cut short by the early answer, warns when it is garbage collected.
+    # A 32 MiB body (over code, stdin and files, escaped) is refused before it is
+    # read. Over a plain socket: httpx's body generator, cut short by the early
+    # answer, warns when it is garbage collected.
     host, port = cinch_live.base_url.removeprefix("http://").split(":")
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
         await stream.send_all(
             b"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer cinch_live_x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 5242880\r\n\r\n" + b"x" * 65536
+            b"Content-Type: application/json\r\nContent-Length: 33554432\r\n\r\n" + b"x" * 65536
         )
         answer = b""
         with trio.fail_after(30):
