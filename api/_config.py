@@ -44,6 +44,9 @@ class Config:
     queue_max: int = 256
     run_timeout_s: float = 10.0
     output_limit_bytes: int = 1024 * 1024
+    # Modules every warm Python sandbox imports before it is ready, comma-separated
+    # (numpy,pandas): runs that use them skip the import; every life pays for it.
+    python_preimport: str = ""
     # the API
     max_code_bytes: int = 512 * 1024
     max_stdin_bytes: int = 1024 * 1024
@@ -160,6 +163,12 @@ class Config:
         check(0 <= self.max_files_bytes <= 48 << 20, "CINCH_MAX_FILES_BYTES: 0 to 50331648")
         check(0 <= self.max_out_files <= 4096, "CINCH_MAX_OUT_FILES: 0 to 4096")
         check(0 <= self.max_out_files_bytes <= 48 << 20, "CINCH_MAX_OUT_FILES_BYTES: 0 to 50331648")
+        bad = [name for name in self.python_preimport.split(",") if not _MODULE.match(name.strip())]
+        check(
+            not self.python_preimport.strip() or not bad,
+            f"CINCH_PYTHON_PREIMPORT: {', '.join(repr(b) for b in bad)} is not a module name "
+            "(comma-separated names like numpy,pandas,matplotlib.pyplot)",
+        )
 
     @property
     def base_url(self) -> str:
@@ -191,8 +200,21 @@ class Config:
     def runtimes(self) -> dict[str, str]:
         return {"python": self.runtime_python, "javascript": self.runtime_javascript}
 
+    def python_preimports(self) -> tuple[str, ...]:
+        """CINCH_PYTHON_PREIMPORT as a tuple of module names (empty when unset)."""
+        return tuple(n.strip() for n in self.python_preimport.split(",") if n.strip())
+
+    def sandbox_env(self) -> dict[str, dict[str, str]]:
+        """More environment for each language's runner: ``{language: {name: value}}``."""
+        env: dict[str, dict[str, str]] = {}
+        if self.python_preimports():
+            env["python"] = {"CINCH_PREIMPORT": ",".join(self.python_preimports())}
+        return env
+
 
 SANDBOX_MEMORY_BYTES = 256 * 1024 * 1024
+# A dotted Python module name (ASCII: what an operator would configure).
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def memory_bound(meminfo: str = "/proc/meminfo") -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -41,8 +42,20 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def _run_in_sandbox(client: DockerClient, config: Config, language: str, code: str) -> str:
-    backend = DockerBackend(client, owner="cinch-doctor", runtimes=config.runtimes())
+async def _run_in_sandbox(
+    client: DockerClient,
+    config: Config,
+    language: str,
+    code: str,
+    *,
+    preimport: bool = True,
+) -> str:
+    backend = DockerBackend(
+        client,
+        owner="cinch-doctor",
+        runtimes=config.runtimes(),
+        env=config.sandbox_env() if preimport else None,
+    )
     sandbox = await backend.start_sandbox(language, current_tags()[language])
     try:
         await sandbox.send_run(code.encode(), b"", b"\0" * 16, 1 << 20)
@@ -113,6 +126,27 @@ async def run_doctor(config: Config) -> int:
         if missing:
             return "FAIL", f"missing or outdated: {', '.join(missing)}; fix: cinch images build"
         return "OK", ", ".join(current_tags().values())
+
+    async def preimports() -> tuple[str, str]:
+        # In a sandbox without them: a module that fails to import would fail every
+        # Python sandbox's warm-up, and the start failure alone does not say which.
+        names = config.python_preimports()
+        out = await _run_in_sandbox(
+            client,
+            config,
+            "python",
+            "import importlib, json, time\nbad = {}\nt0 = time.perf_counter()\n"
+            f"for name in {list(names)!r}:\n"
+            "    try:\n        importlib.import_module(name)\n"
+            "    except Exception as exc:\n        bad[name] = f'{type(exc).__name__}: {exc}'\n"
+            "print(json.dumps({'bad': bad, 'ms': round((time.perf_counter() - t0) * 1000)}))",
+            preimport=False,
+        )
+        found = json.loads(out.strip().splitlines()[-1])
+        if found["bad"]:
+            why = "; ".join(f"{k}: {v}" for k, v in found["bad"].items())
+            return "FAIL", f"{why}; fix: correct CINCH_PYTHON_PREIMPORT"
+        return "OK", f"{', '.join(names)} import in {found['ms']} ms (paid by every warm sandbox)"
 
     async def sandbox_starts() -> tuple[str, str]:
         out = await _run_in_sandbox(
@@ -190,6 +224,8 @@ async def run_doctor(config: Config) -> int:
             await check("sandbox cgroup", cgroup)
             images_ok = await check("images present and current", images)
         if engine_ok and images_ok:
+            if config.python_preimports():
+                await check("CINCH_PYTHON_PREIMPORT", preimports)
             await check("a sandbox starts", sandbox_starts)
             await check("ls / works inside", ls_works)
             await check("node 20 with ES modules", node_works)

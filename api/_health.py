@@ -6,6 +6,8 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app
 
+from pool import installed_packages
+
 from ._openapi import openapi_document
 from ._runs import json_response
 from ._state import app_state
@@ -31,7 +33,11 @@ async def readyz() -> Response:
 
 
 def languages_document(config: Any, info: dict[str, Any]) -> dict[str, Any]:
-    """The body of ``GET /languages``; the dashboard's /docs page shows the same facts."""
+    """The body of ``GET /languages``; the dashboard's /docs page shows the same facts.
+
+    ``packages`` come from the repository's lock files, so an instance without an
+    engine (``cinch api``) lists them too.
+    """
     return {
         "languages": [
             {
@@ -40,6 +46,9 @@ def languages_document(config: Any, info: dict[str, Any]) -> dict[str, Any]:
                 "version": info.get(name, {}).get("version", ""),
                 "runtime": info.get(name, {}).get("runtime", ""),
                 "file": info.get(name, {}).get("file", ""),
+                "packages": [
+                    {"name": p.name, "version": p.version} for p in installed_packages(name)
+                ],
             }
             for name, aliases in (
                 ("python", ["python3", "py"]),

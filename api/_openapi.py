@@ -47,7 +47,7 @@ def _error(
 # words, and each event's data in the 3.2 style (itemSchema) as an extension.
 _EVENT_STREAM: dict[str, Any] = {
     "description": "Sent when the request has `Accept: text/event-stream`. Server-sent events "
-    "as the program runs: `stdout` and `stderr` (data `{\"text\": ...}`, in the order written, "
+    'as the program runs: `stdout` and `stderr` (data `{"text": ...}`, in the order written, '
     "never splitting a character, together at most the 1 MB output cap), then one `result` "
     "(data: the RunResult object, with stdout and stderr in full) and the stream ends; or "
     "`error` (data: an Error object) if the run fails on our side after the stream began. "
@@ -102,7 +102,7 @@ def languages_schema() -> dict[str, Any]:
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "required": ["name", "aliases", "version", "runtime", "file"],
+                    "required": ["name", "aliases", "version", "runtime", "file", "packages"],
                     "properties": {
                         "name": {"type": "string", "enum": ["python", "javascript"]},
                         "aliases": {
@@ -113,6 +113,22 @@ def languages_schema() -> dict[str, Any]:
                         "version": {"type": "string", "description": "Empty when unknown"},
                         "runtime": {"type": "string", "description": "The runsc runtime"},
                         "file": {"type": "string", "description": "Where the code is saved"},
+                        "packages": {
+                            "type": "array",
+                            "description": (
+                                "Third-party packages installed in the sandbox, dependencies "
+                                "included, with their exact versions (Python: import them; "
+                                "JavaScript: require or import them)"
+                            ),
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "version"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "version": {"type": "string"},
+                                },
+                            },
+                        },
                     },
                 },
             },

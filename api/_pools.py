@@ -86,6 +86,7 @@ async def open_pools(
         cgroup_parent=cgroup_parent,
         cpu_weights=config.cpu_weights,
         labels=labels,
+        env=config.sandbox_env(),
     )
     live = LiveSandboxes(config.max_sandboxes)
     start_limiter = trio.CapacityLimiter(config.start_slots())

@@ -17,6 +17,8 @@ from ._instance import Instance as Instance
 from ._instance import InstanceLocked as InstanceLocked
 from ._languages import LANGUAGES as LANGUAGES
 from ._languages import Language as Language
+from ._packages import Package as Package
+from ._packages import installed_packages as installed_packages
 from ._pool import LiveSandboxes as LiveSandboxes
 from ._pool import PoolStatistics as PoolStatistics
 from ._pool import WarmPool as WarmPool
@@ -61,6 +63,7 @@ __all__ = [
     "NotFound",
     "OutFile",
     "Output",
+    "Package",
     "PoolError",
     "PoolStatistics",
     "ProtocolError",
@@ -70,6 +73,7 @@ __all__ = [
     "SandboxStartError",
     "WarmPool",
     "container_config",
+    "installed_packages",
     "run_pools",
     "socket_path_from_env",
 ]

@@ -7,7 +7,7 @@ import os
 import signal as signal_mod
 import time
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,10 +167,13 @@ class DockerBackend:
         cgroup_parent: str | None = None,
         cpu_weights: bool = True,
         labels: dict[str, str] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.client = client
         self.owner = owner
         self.labels = dict(labels or {})  # more labels on every container (cinch.data-dir)
+        # More environment per language, for the runner (CINCH_PREIMPORT for Python).
+        self.env = {lang: dict(values) for lang, values in (env or {}).items()}
         self.runtimes = runtimes
         self.limits = limits or SandboxLimits()
         self.cgroup_parent = cgroup_parent
@@ -305,6 +308,7 @@ class DockerBackend:
             limits=self.limits,
             cgroup_parent=self.cgroup_parent,
             extra_labels=self.labels,
+            env=self.env.get(language),
         )
         # Shielded (the client's own time-out bounds it): cancelled mid-request, the
         # container would exist with no id to remove it by.

@@ -12,7 +12,14 @@ import json
 import os
 import select
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from typing import Any
 
 import httpx
@@ -308,18 +315,23 @@ class DockerClient:
 
     async def build(
         self,
-        context_tar: bytes,
+        context_tar: bytes | AsyncIterable[bytes],
         tag: str,
         labels: Mapping[str, str],
         build_args: Mapping[str, str],
     ) -> AsyncIterator[str]:
-        """Build an image from a tarred context; yields the engine's progress lines."""
+        """Build an image from a tarred context; yields the engine's progress lines.
+
+        ``RUN`` steps have no network (``networkmode=none``): what a build needs
+        comes in its context, fetched and checked on the host.
+        """
         params = {
             "t": tag,
             "labels": json.dumps(dict(labels)),
             "buildargs": json.dumps(dict(build_args)),
             "rm": "1",
             "forcerm": "1",
+            "networkmode": "none",
         }
         try:
             async with self._http.stream(

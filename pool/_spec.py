@@ -15,6 +15,8 @@ Every sandbox is created from :func:`container_config`.  What it sets, and why:
   never reaches the host's disk), ``oom_score_adj`` so that sandboxes die
   before the control plane, a cgroup parent with a low CPU weight.
 - the owning instance's label, so clean-up only ever touches our own.
+- the environment: :data:`SANDBOX_ENV` (the image adds its own), plus the
+  operator's settings for the runner (``CINCH_PREIMPORT``), never the host's.
 """
 
 from __future__ import annotations
@@ -61,9 +63,18 @@ def container_config(
     limits: SandboxLimits,
     cgroup_parent: str | None,
     extra_labels: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Engine API body of ``POST /containers/create`` for one sandbox."""
+    """The Engine API body of ``POST /containers/create`` for one sandbox.
+
+    ``env`` adds variables for the runner (the operator's, e.g. ``CINCH_PREIMPORT``);
+    it cannot replace one of :data:`SANDBOX_ENV`.
+    """
     labels = {OWNER_LABEL: owner, LANGUAGE_LABEL: language, **(extra_labels or {})}
+    fixed = {item.split("=", 1)[0] for item in SANDBOX_ENV}
+    clash = fixed & set(env or {})
+    if clash:
+        raise ValueError(f"sandbox environment: {', '.join(sorted(clash))} cannot be changed")
     host_config: dict[str, Any] = {
         "Runtime": runtime,
         "ReadonlyRootfs": True,
@@ -95,7 +106,7 @@ def container_config(
     return {
         "Image": image,
         "User": SANDBOX_USER,
-        "Env": list(SANDBOX_ENV),
+        "Env": [*SANDBOX_ENV, *(f"{k}={v}" for k, v in sorted((env or {}).items()))],
         "WorkingDir": "/tmp",
         "Labels": labels,
         "NetworkDisabled": True,

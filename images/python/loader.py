@@ -31,6 +31,13 @@ import threading
 import traceback  # noqa: F401
 import types
 
+# The operator's pre-imports (CINCH_PYTHON_PREIMPORT, passed as CINCH_PREIMPORT):
+# imported while warm, so runs that use them start with them loaded.  A module that
+# fails to import fails the warm-up, loudly: the operator asked for it.
+for _name in os.environ.pop("CINCH_PREIMPORT", "").split(","):
+    if _name.strip():
+        __import__(_name.strip())
+
 PATH = "/tmp/work/main.py"
 _LOADER = __file__
 
