@@ -165,8 +165,9 @@ def _finish(code):
         threading._shutdown()
     except BaseException:
         pass
-    atexit._run_exitfuncs()
+    # Before the atexit handlers: pyplot registers one that closes every figure.
     _save_figures()
+    atexit._run_exitfuncs()
     _RAW_STDOUT.tail = []
     _flush_streams()
     tail = b"".join(_RAW_STDOUT.tail)

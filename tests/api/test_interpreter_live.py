@@ -469,3 +469,49 @@ def test_no_container_left_behind(server: LiveServer, key: str) -> None:
     ).stdout.split()
     # Only the warm pools (2 + 1) and perhaps one being replaced.
     assert len(listed) <= 2 + 1 + 2, listed
+
+
+# -- the data stack: the issue's own example ---------------------------------------------
+
+
+def test_pandas_reads_a_csv_and_a_chart_comes_back_as_png(server: LiveServer, key: str) -> None:
+    code = (
+        "import pandas as pd\n"
+        "import matplotlib.pyplot as plt\n"
+        "df = pd.read_csv('sales.csv')\n"
+        "print(df['units'].sum())\n"
+        "df.plot(x='month', y='units', kind='bar')\n"
+        "plt.savefig('out/chart.png')\n"
+        "plt.figure(); plt.plot([1, 2, 3])\n"  # left open: comes back as out/figure-1.png
+    )
+    csv = "month,units\njan,3\nfeb,5\nmar,8\n"
+    r = run(server, key, {"code": code, "files": [{"path": "sales.csv", "content": csv}]})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["exitCode"] == 0, out["stderr"][-2000:]
+    assert out["stdout"] == "16\n"
+    assert out["stderr"] == ""
+    files = files_of(out)
+    # Both figures were still open at the end: df.plot's (also saved by the program)
+    # and the second; figure-N counts the figures the run saved, from 1.
+    assert sorted(files) == ["out/chart.png", "out/figure-1.png", "out/figure-2.png"]
+    for f in files.values():
+        assert f["mimeType"] == "image/png"
+        width, height = png_ok(base64.b64decode(f["content"]))
+        assert width > 100
+        assert height > 100
+
+
+def test_plt_show_saves_each_figure(server: LiveServer, key: str) -> None:
+    code = (
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot([1, 4, 9]); plt.show()\n"
+        "plt.bar(['a', 'b'], [1, 2]); plt.show()\n"
+        "print(plt.get_fignums())\n"
+    )
+    r = run(server, key, {"code": code})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["stdout"] == "[]\n", out
+    assert sorted(files_of(out)) == ["out/figure-1.png", "out/figure-2.png"]
+
