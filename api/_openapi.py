@@ -308,9 +308,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             "description": f"At most {config.max_stdin_bytes} bytes.",
                         },
                         "files": {
-                            "type": "array",
-                            "maxItems": config.max_files,
-                            "description": "Written under the working directory before the "
+                            "type": ["array", "null"],
+                            "description": f"At most {config.max_files} files (413 above). Written under the working directory before the "
                             "program starts. Relative paths without .. or empty segments, NUL "
                             "or a leading /, at most 255 bytes, not under out/ and not the "
                             f"program's own file; at most {config.max_files_bytes} bytes in "
@@ -330,29 +329,28 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             },
                         },
                         "args": {
-                            "type": "array",
-                            "maxItems": 64,
+                            "type": ["array", "null"],
                             "items": {"type": "string", "description": "At most 4096 bytes"},
-                            "description": "sys.argv[1:] in Python, process.argv.slice(2) in "
+                            "description": "At most 64 (413 above). sys.argv[1:] in Python, process.argv.slice(2) in "
                             "JavaScript.",
                         },
                         "env": {
-                            "type": "object",
-                            "maxProperties": 64,
+                            "type": ["object", "null"],
                             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
                             "additionalProperties": {"type": "string"},
-                            "description": "Extra environment variables, 64 KiB in all. "
+                            "description": "Extra environment variables: at most 64, 64 KiB in all (413 "
+                            "above). "
                             "Reserved (400): PATH, HOME, LANG, LANGUAGE, PWD, LC_*, PYTHON*, "
                             "NODE_*, LD_*, MPL*, CINCH_*.",
                         },
                         "timeoutMs": {
-                            "type": "integer",
+                            "type": ["integer", "null"],
                             "minimum": 1,
                             "maximum": round(config.run_timeout_s * 1000),
                             "description": "Lowers this run's time limit (never raises it).",
                         },
                         "maxCredits": {
-                            "type": "integer",
+                            "type": ["integer", "null"],
                             "minimum": 1,
                             "description": "Stop the run (termination credit_limit) when it "
                             "would cost more; it is charged at most this.",

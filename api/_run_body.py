@@ -182,6 +182,9 @@ def _files(value: Any, language: str, limits: BodyLimits) -> tuple[InputFile, ..
         return ()
     if not isinstance(value, list):
         raise ApiError(400, '"files" must be a list of {"path", "content", "encoding"} objects')
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ApiError(400, f'"files"[{index}] must be an object with "path" and "content"')
     if len(value) > limits.max_files:
         raise ApiError(413, f'"files" has {len(value)} files; at most {limits.max_files}')
     out: list[InputFile] = []
@@ -276,6 +279,9 @@ def _env(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _integer(value: Any) -> bool:
+    """A JSON integer: 500, or 500.0 (JSON Schema's "integer" means integral)."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
