@@ -352,6 +352,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "maxCredits": {
                             "type": ["integer", "null"],
                             "minimum": 1,
+                            "maximum": 10**12,
                             "description": "Stop the run (termination credit_limit) when it "
                             "would cost more; it is charged at most this.",
                         },
