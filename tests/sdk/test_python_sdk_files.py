@@ -340,6 +340,18 @@ def test_save_files_writes_each_file_with_content(tmp_path: Path, save_mode: str
     }
 
 
+def test_one_file_saves_itself_with_the_same_checks(tmp_path: Path, save_mode: str) -> None:
+    chart = OutputFile("out/chart.png", len(PNG), "image/png", PNG)
+
+    assert chart.save(tmp_path) == tmp_path / "out" / "chart.png"
+    assert listing(tmp_path) == {"out/chart.png": PNG}
+    with pytest.raises(ValueError, match="left its content out"):
+        OutputFile("out/big.bin", 10, None, None).save(tmp_path)
+    with pytest.raises(ValueError, match="refusing to save"):
+        OutputFile("../escape.txt", 1, None, b"x").save(tmp_path / "inside")
+    assert not (tmp_path / "escape.txt").exists()
+
+
 def test_save_files_replaces_existing_files(tmp_path: Path, save_mode: str) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "a.txt").write_bytes(b"old and longer")

@@ -51,8 +51,8 @@ class OutputFile:
     Attributes:
         path: Its path relative to the working directory, e.g. ``"out/chart.png"``.
             It comes from the sandbox: treat it as untrusted, or write files
-            with :meth:`SandboxResult.save_files`, which refuses paths that
-            would leave the directory.
+            with :meth:`save` or :meth:`SandboxResult.save_files`, which refuse
+            paths that would leave the directory.
         size: Its size in bytes (known even when the content was left out).
         mime_type: The server's guess, e.g. ``"image/png"``; ``None`` if it
             sent none.
@@ -69,6 +69,25 @@ class OutputFile:
     def truncated(self) -> bool:
         """Whether the server left this file's content out (it was over the limit)."""
         return self.content is None
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Writes this file under ``directory``, keeping its path.
+
+        ``out/chart.png`` saved to ``"results"`` becomes
+        ``results/out/chart.png``, with the checks of
+        :meth:`SandboxResult.save_files` (the path comes from the sandbox).
+
+        Returns:
+            The path written.
+
+        Raises:
+            ValueError: If the path would land outside ``directory``, or the
+                server left the content out (:attr:`truncated`).
+            OSError: If writing fails.
+        """
+        if self.content is None:
+            raise ValueError(f"{self.path}: the server left its content out (filesTruncated)")
+        return write_files(directory, [(self.path, self.content)])[0]
 
 
 @dataclass
