@@ -119,7 +119,7 @@ async def run_doctor(config: Config) -> int:
         weight = read_cgroup_weight()
         if weight is None:
             return "FAIL", "the sandbox cgroup is missing; fix: cinch setup"
-        return "OK", f"cinch-sandboxes CPU weight {weight} (below the default)"
+        return "OK", f"cinch-sandboxes CPU weight {weight}"
 
     async def images() -> tuple[str, str]:
         missing = [tag for tag in current_tags().values() if not await client.image_exists(tag)]

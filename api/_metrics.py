@@ -56,6 +56,12 @@ class _PoolCollector(Collector):
             "Smoothed time one sandbox start takes",
             labels=["language"],
         )
+        replace_estimate = GaugeMetricFamily(
+            "cinch_pool_replace_estimate_seconds",
+            "Smoothed time from asking for a replacement sandbox to its being ready "
+            "(the start and its wait for a start slot)",
+            labels=["language"],
+        )
         shrunk = CounterMetricFamily(
             "cinch_pool_shrunk",
             "Warm sandboxes destroyed as surplus above the target",
@@ -92,6 +98,7 @@ class _PoolCollector(Collector):
             max_size.add_metric([language], s.max_size)
             arrival.add_metric([language], s.arrival_rate)
             start_estimate.add_metric([language], s.start_estimate_s)
+            replace_estimate.add_metric([language], s.replace_estimate_s)
             shrunk.add_metric([language], s.shrunk_total)
             queued_lang.add_metric([language], stats.queued_by_language.get(language, 0))
             predicted.add_metric([language], stats.predicted_wait_s.get(language, 0.0))
@@ -121,7 +128,16 @@ class _PoolCollector(Collector):
         )
         waited.add_metric([], stats.queued_runs_total)
         yield from (ready, paused, starting, size, breaker, starts, failures, start_seconds)
-        yield from (min_size, max_size, arrival, start_estimate, shrunk, queued_lang, predicted)
+        yield from (
+            min_size,
+            max_size,
+            arrival,
+            start_estimate,
+            replace_estimate,
+            shrunk,
+            queued_lang,
+            predicted,
+        )
         yield from (in_flight, queued, rejected, warm_hits, waited)
 
 

@@ -59,6 +59,9 @@ class PoolStatistics:
     max_size: int = 0
     arrival_rate: float = 0.0
     start_estimate_s: float = 0.0
+    # From asking for a replacement to its being ready: the start plus the wait
+    # for a start slot (what the target must cover).
+    replace_estimate_s: float = 0.0
     shrunk_total: int = 0
     queued: int = 0
 
@@ -186,6 +189,7 @@ class WarmPool:
             max_size=self.max_size,
             arrival_rate=self._demand.rate(),
             start_estimate_s=self._demand.start_s,
+            replace_estimate_s=self._demand.replace_s,
             shrunk_total=self._shrunk,
             queued=self._queued,
         )
@@ -421,7 +425,11 @@ class WarmPool:
                 if self.breaker_open:
                     await trio.sleep_until(self._breaker_until)
                     continue
-                if self._waiting == 0 and self._queued == 0 and trio.current_time() < self._defer_until:
+                if (
+                    self._waiting == 0
+                    and self._queued == 0
+                    and trio.current_time() < self._defer_until
+                ):
                     self._wake_refill = trio.Event()
                     with trio.move_on_at(self._defer_until):
                         await self._wake_refill.wait()
@@ -445,11 +453,12 @@ class WarmPool:
     async def _start_one(self, token: object) -> None:
         sandbox: Sandbox | None = None
         try:
+            asked = trio.current_time()
             async with self._start_limiter:
                 t0 = trio.current_time()
                 sandbox = await self._backend.start_sandbox(self.language, self.image)
                 elapsed = trio.current_time() - t0
-            self._demand.note_start(elapsed)
+            self._demand.note_start(elapsed, trio.current_time() - asked)
             self._last_start_s = elapsed
             self._start_seconds_sum += elapsed
             self._started += 1
@@ -524,6 +533,7 @@ class _Demand:
         self._rate = 0.0
         self._at = 0.0
         self.start_s = DEFAULT_START_ESTIMATE_S
+        self.replace_s = DEFAULT_START_ESTIMATE_S
         self._starts = 0
 
     def rate(self) -> float:
@@ -534,19 +544,25 @@ class _Demand:
         self._rate = self.rate() + 1.0 / RATE_TAU_S
         self._at = trio.current_time()
 
-    def note_start(self, seconds: float) -> None:
+    def note_start(self, seconds: float, replace_seconds: float | None = None) -> None:
+        """One start took ``seconds``; ``replace_seconds`` with its wait for a start slot."""
+        replace = seconds if replace_seconds is None else max(seconds, replace_seconds)
         # The first measurement replaces the guess; later ones are smoothed.
         self._starts += 1
         if self._starts == 1:
             self.start_s = seconds
+            self.replace_s = replace
         else:
             self.start_s += START_ALPHA * (seconds - self.start_s)
+            self.replace_s += START_ALPHA * (replace - self.replace_s)
 
     def target(self, minimum: int, maximum: int) -> int:
-        # Little's law: on average rate x start time sandboxes are taken while one
-        # replacement starts. Arrivals are bursty (Poisson at best), so hold enough
-        # for the 99th percentile of that count, not its mean: mean + z * sqrt(mean).
-        mean = self.rate() * self.start_s
+        # Little's law: on average rate x replacement time sandboxes are taken while
+        # one replacement comes (its start, and under load its wait for a start
+        # slot, which is most of the difference between an idle and a busy
+        # machine). Arrivals are bursty (Poisson at best), so hold enough for the
+        # 99th percentile of that count, not its mean: mean + z * sqrt(mean).
+        mean = self.rate() * self.replace_s
         if mean < 0.05:
             return minimum
         need = math.ceil(mean + DEMAND_Z * math.sqrt(mean))
