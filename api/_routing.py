@@ -232,7 +232,7 @@ class Router:
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    def refuses(self, language: str) -> float | None:
+    def refuses(self, language: str, tenant: str | None = None) -> float | None:
         """Never refuses up front: each agent's own admission decides (its 503 with
         Retry-After is passed on when none takes the run)."""
         return None

@@ -326,7 +326,10 @@ async def _run(
     if not state.scheduler.accepting:
         # Draining for a restart: say so before touching the database.
         raise ApiError(503, "Cinch is restarting; retry in a moment", headers={"Retry-After": "2"})
-    refused = state.scheduler.refuses(parsed.language)
+    # A key that authenticated lately is refused by its account's place in the
+    # queue (its runs already waiting put it further back), still before the
+    # database; any other key by the best case, a new account's run.
+    refused = state.scheduler.refuses(parsed.language, state.key_tenants.get(slot._key_hash))
     if refused is not None:
         # Overloaded for everyone: answer before the database round trips.
         queue_budget = state.scheduler.admit_budget_s
@@ -340,10 +343,12 @@ async def _run(
     start = await _begin(state, slot._key_hash, run_id, idem, first_hold)
     timing.mark("auth")
     if start.status is Begin.INVALID_KEY:
+        state.key_tenants.forget(slot._key_hash)
         state.auth_failures.record_failure(address)
         raise ApiError(401, "invalid API key (revoked or unknown)")
     assert start.account_id is not None
     account_id = start.account_id
+    state.key_tenants.remember(slot._key_hash, str(account_id))
     settled = False
     streaming = wants_stream(request.accept_mimetypes)
     handed_over = False  # a streamed run's task settles it and frees its claim

@@ -63,6 +63,16 @@ def _sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _fractions(value: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels are numbers, not {value!r}") from None
+    if not levels or any(not 0 < x <= 2 for x in levels):
+        raise argparse.ArgumentTypeError("levels are fractions in (0, 2]")
+    return levels
+
+
 def _keys(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -150,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of each open-loop Poisson level (25%%, 50%%, 80%% of the closed loop)",
     )
     p.add_argument(
+        "--poisson-levels",
+        type=_fractions,
+        default=d.poisson_levels,
+        help="fractions of the capacity the Poisson shape offers (0.25,0.5,0.8)",
+    )
+    p.add_argument(
+        "--capacity",
+        type=float,
+        default=d.capacity_rps,
+        dest="capacity_rps",
+        help="runs/s the Poisson levels are fractions of, instead of measuring it with a "
+        "closed loop first (for A/B runs at the same offered rate)",
+    )
+    p.add_argument(
         "--burst-sizes",
         type=_sizes,
         default=d.burst_sizes,
@@ -202,6 +226,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         series_max_s=args.series_max_s,
         shapes=args.shapes,
         poisson_duration_s=args.poisson_duration_s,
+        poisson_levels=args.poisson_levels,
+        capacity_rps=args.capacity_rps,
         burst_sizes=args.burst_sizes,
         flood_size=args.flood_size,
         flood_keys=args.flood_keys,

@@ -28,7 +28,6 @@ from ._workloads import PRINT, Workload
 
 RunFn = Callable[[str, Workload], Awaitable[Sample]]
 MIX = {"python": 0.7, "javascript": 0.3}
-LEVELS = (0.25, 0.5, 0.8)
 FLOOD_KEYS = 8
 SEED = 15
 
@@ -86,7 +85,7 @@ async def poisson_levels(
     mix = {lang: MIX[lang] for lang in languages}
     calls = {lang: functools.partial(target.run, workload=PRINT) for lang in languages}
     rng = random.Random(SEED)
-    for level in LEVELS:
+    for level in opts.poisson_levels:
         rate = capacity_rps * level
         await target.settle()
         before = await target.counters() if target.counters else None

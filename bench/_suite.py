@@ -70,6 +70,9 @@ class Options:
     # The load shapes of issue 15 (bench/_load.py); "closed" is the closed loop above.
     shapes: tuple[str, ...] = SHAPES
     poisson_duration_s: float = 60.0
+    poisson_levels: tuple[float, ...] = (0.25, 0.5, 0.8)
+    # Runs/s the Poisson levels are fractions of; 0: measure it with a closed loop.
+    capacity_rps: float = 0.0
     burst_sizes: tuple[int, ...] = (16, 64)
     flood_size: int = 200
     flood_idle_samples: int = 10
@@ -282,7 +285,10 @@ async def load_shapes(results: Results, opts: Options, target: LoadTarget) -> No
     if "poisson" in opts.shapes:
         loop = results.find(target.variant, "python", PRINT.title, "closed-loop")
         source = f"closed loop of {opts.callers}, python, earlier in this run"
-        if loop is None and "python" in opts.languages:
+        if opts.capacity_rps > 0:
+            loop = None
+            source = "given with --capacity"
+        elif loop is None and "python" in opts.languages:
             # No closed loop asked for: a short one, only to set the Poisson rates.
             await target.settle()
             seconds = min(opts.closed_loop_s, CALIBRATION_S)
@@ -301,7 +307,7 @@ async def load_shapes(results: Results, opts: Options, target: LoadTarget) -> No
             )
             results.series.append(loop)
             source = f"calibration closed loop of {opts.callers}, python, {seconds:g} s"
-        capacity = loop.throughput_rps() if loop is not None else None
+        capacity = opts.capacity_rps or (loop.throughput_rps() if loop is not None else None)
         if capacity:
             opts.progress(f"{target.variant}: open-loop Poisson ({capacity:.2f} runs/s capacity):")
             await poisson_levels(results, opts, target, capacity, source)

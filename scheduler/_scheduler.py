@@ -137,13 +137,17 @@ class Scheduler:
             start_slots=slots / busy if len(queue) else slots,
         )
 
-    def refuses(self, language: str) -> float | None:
-        """If a run of ``language`` arriving now would be refused whoever sent it, the
-        predicted wait; else None. Lets the caller answer 503 before any other work
-        (the best case is a new account's run: first in its round)."""
+    def refuses(self, language: str, tenant: str | None = None) -> float | None:
+        """If a run of ``language`` arriving now would be refused, the predicted wait;
+        else None. Lets the caller answer 503 before any other work.
+
+        Without ``tenant``: refused whoever sent it (the best case is a new
+        account's run, first in its round). With it: refused for that tenant, whose
+        runs already waiting put it further back.
+        """
         if language not in self._pools or not len(self._queues[language]):
             return None
-        predicted = self.predicted_wait_s(language, "\0nobody")
+        predicted = self.predicted_wait_s(language, "\0nobody" if tenant is None else tenant)
         return predicted if predicted > self.admit_budget_s else None
 
     def _start_slots(self) -> int:

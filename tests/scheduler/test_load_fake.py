@@ -223,3 +223,28 @@ async def test_refuses_says_when_nobody_would_be_admitted(
             assert refused is not None, (s.scheduler.statistics(), s.pool.statistics())
             assert refused > s.scheduler.admit_budget_s
             nursery.cancel_scope.cancel()
+
+
+async def test_a_tenant_with_runs_waiting_is_refused_before_a_new_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The API asks with the account it remembers for the key: a burst's sender is
+    # refused by its own place in the round robin, a newcomer is still admitted.
+    backend = CountingBackend()
+    backend.start_delay_s = 1.0
+    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=8) as s:
+
+        async def one() -> None:
+            with contextlib.suppress(NoCapacity):
+                await s.scheduler.run(RunRequest("python", "sleep:5", tenant="burst"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+            assert s.scheduler.refuses("python") is None
+            assert s.scheduler.refuses("python", "newcomer") is None
+            refused = s.scheduler.refuses("python", "burst")
+            assert refused is not None, (s.scheduler.statistics(), s.pool.statistics())
+            assert refused > s.scheduler.admit_budget_s
+            nursery.cancel_scope.cancel()
