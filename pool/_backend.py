@@ -351,6 +351,8 @@ class DockerBackend:
 
     async def destroy(self, sandbox: Sandbox) -> None:
         sandbox = _ours(sandbox)
+        # Its run is over: the teardown is background work, like a start.
+        self.weights.set_done(sandbox.id)
         with trio.CancelScope(shield=True):
             sandbox.killed_by_us = True
             await sandbox._stream.aclose()

@@ -5,7 +5,9 @@ Every sandbox gets its own CPU cgroup under the sandboxes' parent group, made
 its sandbox and gofer processes in it (gVisor's cgroup code calls this "using a
 pre-created cgroup"): the whole start, boot and warm-up of the runtime then run at
 the lowest weight. When a run takes the sandbox, one write raises the weight so
-the user's program outranks every start in progress. The group is ours (runsc
+the user's program outranks every start in progress; while any sandbox runs
+a program, the parent group is raised too (one more write), so the program also
+outranks the engine's work on the next sandboxes. The group is ours (runsc
 neither applies the CPU limit to a pre-created group nor removes it), so we write
 the CPU quota ourselves and remove the directory once the container is gone.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +35,20 @@ V1_RUNNING = 8192
 # cgroup v2 cpu.weight: 1 is the floor, 100 the default, 10000 the ceiling.
 V2_STARTING = 1
 V2_RUNNING = 10000
+# The sandboxes' parent group: an eighth of the default while only starts (and
+# teardowns) are in it, so they yield to the API, the engine and the database;
+# four times the default while any sandbox runs a program, so that program
+# outranks the engine's work on the next sandboxes. Each sandbox is capped at
+# one CPU, so even then the control plane keeps a share of every contended core.
+V1_PARENT_IDLE = 128
+V1_PARENT_RUNNING = 4096
+V2_PARENT_IDLE = 12
+V2_PARENT_RUNNING = 400
 CFS_PERIOD_US = 100_000
 FORGET_TIMEOUT_S = 10.0
+# An empty sandbox group this old is not one being started (runsc joins it within
+# a second or two of its making): its instance died before removing it.
+ABANDONED_AFTER_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,8 @@ class CpuWeightStatistics:
     raised_total: int
     write_failures_total: int
     live: int
+    running: int = 0
+    parent_raised_total: int = 0
 
 
 class CpuWeights:
@@ -65,6 +82,8 @@ class CpuWeights:
         self._raised = 0
         self._failures = 0
         self._live: set[str] = set()
+        self._running: set[str] = set()
+        self._parent_raised = 0
         if not enabled:
             self.disabled_reason = "turned off (CINCH_CPU_WEIGHTS=0)"
         elif not parent or not parent.startswith("/"):
@@ -81,6 +100,11 @@ class CpuWeights:
                 self._dir = group
             else:
                 self.disabled_reason = f"{group} has no cpu.shares"
+        if self._dir is not None:
+            self._remove_abandoned()
+            if not self._others_running():
+                # A parent left raised by an instance that died mid-run.
+                self._set_parent(running=False)
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +118,8 @@ class CpuWeights:
             raised_total=self._raised,
             write_failures_total=self._failures,
             live=len(self._live),
+            running=len(self._running),
+            parent_raised_total=self._parent_raised,
         )
 
     def path(self, cid: str) -> Path | None:
@@ -125,7 +151,8 @@ class CpuWeights:
             log.warning("cpu weight: could not prepare %s: %s", group, exc)
 
     def set_running(self, cid: str) -> None:
-        """Raise ``cid`` to the running weight (one file write)."""
+        """Raise ``cid`` to the running weight (one file write), and the parent with
+        it when ``cid`` is the only sandbox of ours running (one more)."""
         group = self.path(cid)
         if group is None or cid not in self._live:
             return
@@ -138,6 +165,98 @@ class CpuWeights:
         except OSError as exc:
             self._failures += 1
             log.warning("cpu weight: could not raise %s: %s", group, exc)
+            return
+        self._running.add(cid)
+        if len(self._running) == 1:
+            self._set_parent(running=True)
+
+    def set_done(self, cid: str) -> None:
+        """``cid``'s run is over: its teardown is background work again (one write),
+        and the parent drops back once no sandbox under it runs a program."""
+        if cid not in self._running:
+            return
+        self._running.discard(cid)
+        group = self.path(cid)
+        assert group is not None
+        try:
+            if self._v2:
+                _write(group / "cpu.weight", V2_STARTING)
+            else:
+                _write(group / "cpu.shares", V1_STARTING)
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                self._failures += 1
+                log.warning("cpu weight: could not lower %s: %s", group, exc)
+        if not self._running and not self._others_running():
+            self._set_parent(running=False)
+
+    def _others_running(self) -> bool:
+        """Whether a sandbox of another instance on this host (same parent) runs now.
+
+        Read from the groups themselves, so instances sharing the parent never
+        lower it under each other's runs (a few small sysfs reads, off the answer
+        path: at the end of a run).
+        """
+        assert self._dir is not None
+        name, running = ("cpu.weight", V2_RUNNING) if self._v2 else ("cpu.shares", V1_RUNNING)
+        try:
+            entries = list(os.scandir(self._dir))
+        except OSError:
+            return False
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False) or entry.name in self._live:
+                continue
+            try:
+                # Raised and with processes in it: a group left by a killed
+                # instance keeps its weight but is empty.
+                if int(Path(entry.path, name).read_text()) >= running and (
+                    Path(entry.path, "cgroup.procs").read_text().strip()
+                ):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def _remove_abandoned(self) -> None:
+        """Remove empty sandbox groups older than a start: left by killed instances.
+
+        A group another live instance has just made for a sandbox it is starting is
+        empty too, but only for the moment before runsc joins it.
+        """
+        assert self._dir is not None
+        cutoff = time.time() - ABANDONED_AFTER_S
+        try:
+            entries = list(os.scandir(self._dir))
+        except OSError:
+            return
+        removed = 0
+        for entry in entries:
+            try:
+                if (
+                    entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < cutoff
+                    and not Path(entry.path, "cgroup.procs").read_text().strip()
+                ):
+                    os.rmdir(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.info("cpu weight: removed %d empty sandbox groups left by earlier instances", removed)
+
+    def _set_parent(self, *, running: bool) -> None:
+        assert self._dir is not None
+        if self._v2:
+            path, value = self._dir / "cpu.weight", V2_PARENT_RUNNING if running else V2_PARENT_IDLE
+        else:
+            path, value = self._dir / "cpu.shares", V1_PARENT_RUNNING if running else V1_PARENT_IDLE
+        try:
+            _write(path, value)
+            if running:
+                self._parent_raised += 1
+        except OSError as exc:
+            self._failures += 1
+            log.warning("cpu weight: could not set %s: %s", path, exc)
 
     def weight(self, cid: str) -> int | None:
         """The group's current weight (for tests and diagnostics)."""
@@ -158,6 +277,7 @@ class CpuWeights:
         is for a container of an earlier life of this instance (not made by this
         object): its group is removed if it exists.
         """
+        self.set_done(cid)
         group = self.path(cid)
         if group is None or (known and cid not in self._live):
             return

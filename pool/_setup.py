@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from ._cgroups import V1_PARENT_IDLE, V2_PARENT_IDLE
 from ._docker import DockerClient, socket_path_from_env
 from ._errors import PoolError
 
@@ -35,20 +36,11 @@ RUNTIMES = {
 }
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 CGROUP_NAME = "cinch-sandboxes"
-# The sandboxes' parent has the default weight (v1 cpu.shares 1024, v2 cpu.weight
-# 100): as a whole they compete with the API and the database on equal terms,
-# and inside it a running sandbox outranks every start (pool/_cgroups.py). At an
-# eighth of the default (the earlier choice), a burst's runs lost the CPU to the
-# engine's container creation and were charged 16-20x their idle duration
-# (docs/load.md has the measurements).
-CGROUP_V1_SHARES = 1024
-CGROUP_V2_WEIGHT = 100
-# The engine we start ourselves (dockerd, and the containerd and shims it
-# spawns) runs here at an eighth of the default weight: most of its work under
-# load is making the next sandboxes, which must not outrank the runs.
-ENGINE_CGROUP_NAME = "cinch-engine"
-ENGINE_V1_SHARES = 128
-ENGINE_V2_WEIGHT = 12
+# The sandboxes' parent at rest: an eighth of the default weight (the API's, the
+# engine's, the database's). The pool raises it while a sandbox runs a program
+# (pool/_cgroups.py), so this is the weight of starts and teardowns.
+CGROUP_V1_SHARES = V1_PARENT_IDLE
+CGROUP_V2_WEIGHT = V2_PARENT_IDLE
 
 
 class SetupError(PoolError):
@@ -284,7 +276,6 @@ async def ensure_engine(runsc: str, data_dir: Path, progress: Progress) -> Engin
         args = ["dockerd", f"--config-file={DAEMON_JSON}"]
         if socket_path != "/var/run/docker.sock":
             args.append(f"--host=unix://{socket_path}")
-        engine_group = ensure_engine_cgroup(progress)
         with open(log_path, "ab") as log:
             subprocess.Popen(
                 args,
@@ -293,9 +284,6 @@ async def ensure_engine(runsc: str, data_dir: Path, progress: Progress) -> Engin
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 close_fds=True,
-                # Join the engine's group before exec, so containerd and every shim
-                # it starts are born in it too.
-                preexec_fn=None if engine_group is None else _joiner(engine_group),
             )
         deadline = time.monotonic() + 90
         while not await _engine_answers(socket_path):
@@ -353,53 +341,6 @@ def ensure_cgroup_parent(driver: str, progress: Progress) -> str | None:
     except OSError as exc:
         progress(f"cgroup: could not prepare {CGROUP_NAME} ({exc}); using it as is")
     return cgroup_parent_for(driver)
-
-
-def ensure_engine_cgroup(progress: Progress) -> Path | None:
-    """The low-weight CPU group for a dockerd we start (cgroupfs only), or None.
-
-    Only an engine this command starts goes there: a running one (systemd's
-    docker.service, say) is left where its owner put it.
-    """
-    root = Path("/sys/fs/cgroup")
-    try:
-        if (root / "cgroup.controllers").exists():  # cgroup v2
-            if "cpu" not in (root / "cgroup.controllers").read_text().split():
-                return None
-            if (root / "init.scope").exists():
-                return None  # systemd owns this tree: leave the engine to it
-            group = root / ENGINE_CGROUP_NAME
-            group.mkdir(exist_ok=True)
-            subtree = root / "cgroup.subtree_control"
-            if "cpu" not in subtree.read_text().split():
-                subtree.write_text("+cpu")
-            (group / "cpu.weight").write_text(str(ENGINE_V2_WEIGHT))
-            progress(f"cgroup: engine in {group} (v2, cpu.weight={ENGINE_V2_WEIGHT})")
-            return group
-        cpu = next((root / n for n in ("cpu", "cpu,cpuacct") if (root / n).is_dir()), None)
-        if cpu is None:
-            return None
-        group = cpu / ENGINE_CGROUP_NAME
-        group.mkdir(exist_ok=True)
-        (group / "cpu.shares").write_text(str(ENGINE_V1_SHARES))
-        progress(f"cgroup: engine in {group} (v1, cpu.shares={ENGINE_V1_SHARES})")
-        return group
-    except OSError as exc:
-        progress(f"cgroup: could not prepare {ENGINE_CGROUP_NAME} ({exc}); engine at the default")
-        return None
-
-
-def _joiner(group: Path) -> Callable[[], None]:
-    procs = str(group / "cgroup.procs")
-
-    def join() -> None:  # in the child, between fork and exec: no logging, no raising
-        try:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-        except OSError:
-            pass
-
-    return join
 
 
 def read_cgroup_weight() -> int | None:

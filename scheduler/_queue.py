@@ -37,9 +37,15 @@ class Waiter:
     arrived_at: float
     delivered: trio.Event = field(default_factory=trio.Event)
     sandbox: Sandbox | None = None
+    # Set instead of a sandbox when the measured rate says none will come in time.
+    refused_wait_s: float | None = None
 
     def deliver(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
+        self.delivered.set()
+
+    def refuse(self, predicted_wait_s: float) -> None:
+        self.refused_wait_s = predicted_wait_s
         self.delivered.set()
 
 
@@ -88,6 +94,15 @@ class FairQueue:
         if not self._len:
             self._nonempty = trio.Event()
         return waiter
+
+    def in_order(self) -> list[Waiter]:
+        """Every waiter in the order :meth:`pop` would serve them."""
+        queues = list(self._by_tenant.values())
+        order: list[Waiter] = []
+        depth = max((len(q) for q in queues), default=0)
+        for i in range(depth):
+            order.extend(q[i] for q in queues if len(q) > i)
+        return order
 
     def remove(self, waiter: Waiter) -> None:
         """Take ``waiter`` out (it gave up); no-op if already served."""

@@ -285,6 +285,16 @@ class Scheduler:
         finally:
             self._queued -= 1
             pool.note_queued(len(queue))
+        if waiter.refused_wait_s is not None:
+            # Admitted on a prediction the measured rate has since proved wrong:
+            # say so now rather than at the time-out.
+            self._counters.rejected["predicted_late"] += 1
+            raise NoCapacity(
+                f"no {request.language} sandbox is free: at the rate sandboxes come now, "
+                f"this run would wait {waiter.refused_wait_s:.1f} s more, past the "
+                f"{self.config.queue_timeout_s:g} s this server queues for",
+                retry_after_s=max(1.0, math.ceil(waiter.refused_wait_s)),
+            )
         if waiter.sandbox is None:
             queue.remove(waiter)
             self._counters.rejected["queue_timeout"] += 1
@@ -312,7 +322,29 @@ class Scheduler:
                 continue
             waiter.deliver(sandbox)
             rate.note_delivery(backlog=len(queue) > 0)
+            self._refuse_hopeless(language)
             pool.note_queued(len(queue))
+
+    def _refuse_hopeless(self, language: str) -> None:
+        """Refuse, at once, the queued runs the measured rate can no longer serve in time.
+
+        A run is admitted on a prediction; under a burst the first predictions
+        come before any rate has been measured. Once one is, a run whose place
+        in the queue (divided by that rate) lies beyond its time-out is told now,
+        with Retry-After, instead of waiting out the whole queue time-out first.
+        """
+        measured = self._rates[language].measured()
+        if not measured:
+            return
+        queue = self._queues[language]
+        now = trio.current_time()
+        # Sandboxes already starting come within about one start: count from them.
+        ahead = self._pools[language].statistics().starting
+        for place, waiter in enumerate(queue.in_order(), start=1):
+            predicted = max(0, place - ahead) / measured
+            if now + predicted > waiter.arrived_at + self.config.queue_timeout_s:
+                queue.remove(waiter)
+                waiter.refuse(predicted)
 
     def _destroy_later(self, pool: WarmPool, sandbox: Sandbox) -> None:
         """Destroy off the request path; the answer does not wait for the teardown."""

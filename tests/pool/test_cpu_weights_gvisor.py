@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from pool._cgroups import V1_RUNNING, V1_STARTING, V2_RUNNING, V2_STARTING
+from pool._cgroups import (
+    V1_PARENT_IDLE,
+    V1_PARENT_RUNNING,
+    V1_RUNNING,
+    V1_STARTING,
+    V2_PARENT_IDLE,
+    V2_PARENT_RUNNING,
+    V2_RUNNING,
+    V2_STARTING,
+)
 from scheduler import RunRequest
 from tests.conftest import real_scheduler
 
@@ -39,6 +48,18 @@ async def test_starting_sandboxes_are_weighted_low_and_runs_high(engine_ready: b
         if not weights.enabled:
             pytest.fail(f"CPU weights are off on this machine: {weights.disabled_reason}")
         low, high = (V2_STARTING, V2_RUNNING) if weights._v2 else (V1_STARTING, V1_RUNNING)
+        parent_low, parent_high = (
+            (V2_PARENT_IDLE, V2_PARENT_RUNNING)
+            if weights._v2
+            else (V1_PARENT_IDLE, V1_PARENT_RUNNING)
+        )
+        assert weights._dir is not None
+        parent_file = weights._dir / ("cpu.weight" if weights._v2 else "cpu.shares")
+
+        def parent() -> int:
+            return int(parent_file.read_text())
+
+        assert parent() == parent_low  # only a warm sandbox: the parent at rest
         pool = s.pools["python"]
         (warm,) = list(pool._ready)
         group = weights.path(warm.id)
@@ -59,6 +80,7 @@ async def test_starting_sandboxes_are_weighted_low_and_runs_high(engine_ready: b
         async def probe() -> None:
             await trio.sleep(0.3)
             seen.append(weights.weight(warm.id))
+            seen.append(parent())
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe)
@@ -67,8 +89,13 @@ async def test_starting_sandboxes_are_weighted_low_and_runs_high(engine_ready: b
             )
         assert result.stdout == "ok\n"
         assert result.sandbox_id == warm.id
-        assert seen == [high]
+        assert seen == [high, parent_high]
         await s.scheduler.wait_destroyed()
+        for _ in range(100):  # the destroy may not have begun yet
+            if parent() == parent_low:
+                break
+            await trio.sleep(0.1)
+        assert parent() == parent_low  # the run is over: starts yield again
         # Removed with its container (runsc does not own it, so we must).
         for _ in range(100):
             if not group.exists():

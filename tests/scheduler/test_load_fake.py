@@ -248,3 +248,39 @@ async def test_a_tenant_with_runs_waiting_is_refused_before_a_new_one(
             assert refused is not None, (s.scheduler.statistics(), s.pool.statistics())
             assert refused > s.scheduler.admit_budget_s
             nursery.cancel_scope.cancel()
+
+
+async def test_runs_admitted_on_a_wrong_prediction_are_told_early(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The pool learned a quick start while idle; then the machine gets slow. A burst
+    # is admitted on the idle estimate; once deliveries show the real rate, the
+    # runs that cannot be served before the queue time-out get 503 then, not at it.
+    backend = CountingBackend()
+    backend.start_delay_s = 0.1
+    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=10) as s:
+        backend.start_delay_s = 2.0
+        t0 = trio.current_time()
+        served: list[float] = []
+        refused: list[tuple[float, NoCapacity]] = []
+
+        async def one() -> None:
+            try:
+                await s.run("out:x")
+                served.append(trio.current_time() - t0)
+            except NoCapacity as exc:
+                refused.append((trio.current_time() - t0, exc))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(one)
+        assert len(served) + len(refused) == 30
+        assert served
+        assert refused
+        assert all(t < 10 for t in served)
+        # Only a run on the very edge of the measured rate may still reach the time-out.
+        late = [t for t, _ in refused if t >= 10]
+        assert len(late) <= 1, (late, s.scheduler.statistics())
+        assert all(exc.retry_after_s and exc.retry_after_s >= 1 for _, exc in refused)
+        early = s.scheduler.statistics().rejected_total["predicted_late"]
+        assert early == len(refused) - len(late) >= 20
