@@ -145,6 +145,7 @@ class CpuWeights:
                 _write(group / "cpu.shares", V1_STARTING)
                 _write(group / "cpu.cfs_period_us", CFS_PERIOD_US)
                 _write(group / "cpu.cfs_quota_us", quota)
+            _set_idle(group, True)
             self._prepared += 1
         except OSError as exc:
             self._failures += 1
@@ -158,8 +159,10 @@ class CpuWeights:
             return
         try:
             if self._v2:
+                _set_idle(group, False)
                 _write(group / "cpu.weight", V2_RUNNING)
             else:
+                _set_idle(group, False)  # first: an idle group's weight cannot be set
                 _write(group / "cpu.shares", V1_RUNNING)
             self._raised += 1
         except OSError as exc:
@@ -183,6 +186,7 @@ class CpuWeights:
                 _write(group / "cpu.weight", V2_STARTING)
             else:
                 _write(group / "cpu.shares", V1_STARTING)
+            _set_idle(group, True)
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 self._failures += 1
@@ -242,7 +246,9 @@ class CpuWeights:
             except OSError:
                 continue
         if removed:
-            log.info("cpu weight: removed %d empty sandbox groups left by earlier instances", removed)
+            log.info(
+                "cpu weight: removed %d empty sandbox groups left by earlier instances", removed
+            )
 
     def _set_parent(self, *, running: bool) -> None:
         assert self._dir is not None
@@ -251,7 +257,15 @@ class CpuWeights:
         else:
             path, value = self._dir / "cpu.shares", V1_PARENT_RUNNING if running else V1_PARENT_IDLE
         try:
-            _write(path, value)
+            # The kernel refuses a weight for a group that is idle (EINVAL) and
+            # restores the written weight when it stops being idle: leave idle
+            # first, or set the weight first and then become idle.
+            if running:
+                _set_idle(self._dir, False)
+                _write(path, value)
+            else:
+                _write(path, value)
+                _set_idle(self._dir, True)
             if running:
                 self._parent_raised += 1
         except OSError as exc:
@@ -297,6 +311,13 @@ class CpuWeights:
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
         self._live.discard(cid)
+
+
+def _set_idle(group: Path, idle: bool) -> None:
+    """SCHED_IDLE for the whole group (``cpu.idle``, Linux 5.15+), where the kernel has it."""
+    path = group / "cpu.idle"
+    if path.exists():
+        path.write_text("1" if idle else "0")
 
 
 def _write(path: Path, value: int) -> None:

@@ -32,6 +32,27 @@ def test_the_parent_is_raised_while_any_sandbox_runs(tmp_path: Path) -> None:
     assert weights.statistics().running == 0
 
 
+def test_starts_are_sched_idle_and_runs_are_not(tmp_path: Path) -> None:
+    weights, shares = _weights(tmp_path)
+    parent_idle = shares.parent / "cpu.idle"
+    parent_idle.write_text("0")  # the kernel's file exists: the flag is used
+    weights._set_parent(running=False)
+    assert parent_idle.read_text() == "1"
+    weights.prepare("a")
+    group = shares.parent / "a"
+    # A fake group has no kernel files until written: give it the one a kernel makes.
+    (group / "cpu.idle").write_text("0")
+    weights.prepare("b")
+    weights.set_done("a")  # not running: nothing changes
+    assert (group / "cpu.idle").read_text() == "0"
+    weights.set_running("a")
+    assert (group / "cpu.idle").read_text() == "0"
+    assert parent_idle.read_text() == "0"
+    weights.set_done("a")
+    assert (group / "cpu.idle").read_text() == "1"
+    assert parent_idle.read_text() == "1"
+
+
 def test_another_instances_run_keeps_the_parent_raised(tmp_path: Path) -> None:
     weights, shares = _weights(tmp_path)
     other = shares.parent / "theirs"
