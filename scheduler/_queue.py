@@ -131,6 +131,8 @@ class ServiceRate:
         self._interval_s: float | None = None
         self._last_delivery: float | None = None
         self._measured_at = -math.inf
+        # Intervals measured since the rate was last (re)started.
+        self.samples = 0
 
     def note_delivery(self, *, backlog: bool) -> None:
         now = trio.current_time()
@@ -138,8 +140,10 @@ class ServiceRate:
             dt = max(1e-3, now - self._last_delivery)
             if self._interval_s is None or now - self._measured_at > RATE_STALE_S:
                 self._interval_s = dt
+                self.samples = 1
             else:
                 self._interval_s += RATE_ALPHA * (dt - self._interval_s)
+                self.samples += 1
             self._measured_at = now
         self._last_delivery = now if backlog else None
 

@@ -38,6 +38,11 @@ log = logging.getLogger("cinch.scheduler")
 SIGINT_GRACE_S = 0.1  # SIGINT at the deadline, SIGKILL this much later
 KILL_WAIT_S = 2.0  # after SIGKILL, how long we wait for the report before giving up
 BUDGET_INTERVAL_S = 0.5
+# A queued run is refused before its time-out only on a rate measured over this
+# many deliveries, and only when its predicted wait exceeds the time it has left
+# by this factor: a run that might still be served keeps waiting.
+HOPELESS_MIN_SAMPLES = 4
+HOPELESS_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -333,8 +338,11 @@ class Scheduler:
         in the queue (divided by that rate) lies beyond its time-out is told now,
         with Retry-After, instead of waiting out the whole queue time-out first.
         """
-        measured = self._rates[language].measured()
-        if not measured:
+        rate = self._rates[language]
+        measured = rate.measured()
+        # Deliveries come in bunches (starts finish together): a rate from a few
+        # intervals would refuse runs that would have been served.
+        if not measured or rate.samples < HOPELESS_MIN_SAMPLES:
             return
         queue = self._queues[language]
         now = trio.current_time()
@@ -342,7 +350,8 @@ class Scheduler:
         ahead = self._pools[language].statistics().starting
         for place, waiter in enumerate(queue.in_order(), start=1):
             predicted = max(0, place - ahead) / measured
-            if now + predicted > waiter.arrived_at + self.config.queue_timeout_s:
+            left = waiter.arrived_at + self.config.queue_timeout_s - now
+            if predicted > left * HOPELESS_MARGIN:
                 queue.remove(waiter)
                 waiter.refuse(predicted)
 

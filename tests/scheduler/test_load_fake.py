@@ -258,7 +258,7 @@ async def test_runs_admitted_on_a_wrong_prediction_are_told_early(
     # runs that cannot be served before the queue time-out get 503 then, not at it.
     backend = CountingBackend()
     backend.start_delay_s = 0.1
-    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=10) as s:
+    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=30) as s:
         backend.start_delay_s = 2.0
         t0 = trio.current_time()
         served: list[float] = []
@@ -277,10 +277,13 @@ async def test_runs_admitted_on_a_wrong_prediction_are_told_early(
         assert len(served) + len(refused) == 30
         assert served
         assert refused
-        assert all(t < 10 for t in served)
-        # Only a run on the very edge of the measured rate may still reach the time-out.
-        late = [t for t, _ in refused if t >= 10]
-        assert len(late) <= 1, (late, s.scheduler.statistics())
+        assert all(t < 30 for t in served)
+        # Told once the rate is measured (a few deliveries, 2 s apart), not at 30 s;
+        # only runs near the edge of the measured rate wait longer, one to the end.
+        times = sorted(t for t, _ in refused)
+        assert sum(t <= 12 for t in times) >= 10, times
+        late = [t for t in times if t >= 30]
+        assert len(late) <= 1, (times, s.scheduler.statistics())
         assert all(exc.retry_after_s and exc.retry_after_s >= 1 for _, exc in refused)
         early = s.scheduler.statistics().rejected_total["predicted_late"]
-        assert early == len(refused) - len(late) >= 20
+        assert early >= len(refused) - len(late) >= 10
