@@ -84,6 +84,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--server-cwd", type=Path, default=None)
     parser.add_argument("--no-stream", action="store_true", help="one-shot only (old servers)")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.4,
+        help="seconds before each request (0.4: the replacement may still be starting; "
+        "1.0 or more: an idle machine)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cinch-bench-stream-") as tmp:
         server = start_server(
@@ -94,10 +101,10 @@ def main() -> None:
                 for language in ("python", "javascript"):
                     shots, firsts, ends = [], [], []
                     for i in range(args.runs):
-                        time.sleep(0.4)  # the pool refills: every run is warm
+                        time.sleep(args.pause)  # the pool refills: every run is warm
                         shots.append(one_shot_ms(client, server.key, language))
                         if not args.no_stream and i % 2 == 0:
-                            time.sleep(0.4)
+                            time.sleep(args.pause)
                             first, end = stream_ms(client, server.key, language)
                             firsts.append(first)
                             ends.append(end)
