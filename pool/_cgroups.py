@@ -5,9 +5,9 @@ Every sandbox gets its own CPU cgroup under the sandboxes' parent group, made
 its sandbox and gofer processes in it (gVisor's cgroup code calls this "using a
 pre-created cgroup"): the whole start, boot and warm-up of the runtime then run at
 the lowest weight. When a run takes the sandbox, one write raises the weight so
-the user's program outranks every start in progress; while any sandbox runs
-a program, the parent group is raised too (one more write), so the program also
-outranks the engine's work on the next sandboxes. The group is ours (runsc
+the user's program outranks every start in progress. The parent group weighs
+an eighth of the API, the engine and the database, so hostile programs cannot
+starve the control plane. The group is ours (runsc
 neither applies the CPU limit to a pre-created group nor removes it), so we write
 the CPU quota ourselves and remove the directory once the container is gone.
 
@@ -35,15 +35,12 @@ V1_RUNNING = 8192
 # cgroup v2 cpu.weight: 1 is the floor, 100 the default, 10000 the ceiling.
 V2_STARTING = 1
 V2_RUNNING = 10000
-# The sandboxes' parent group: an eighth of the default while only starts (and
-# teardowns) are in it, so they yield to the API, the engine and the database;
-# four times the default while any sandbox runs a program, so that program
-# outranks the engine's work on the next sandboxes. Each sandbox is capped at
-# one CPU, so even then the control plane keeps a share of every contended core.
-V1_PARENT_IDLE = 128
-V1_PARENT_RUNNING = 4096
-V2_PARENT_IDLE = 12
-V2_PARENT_RUNNING = 400
+# The sandboxes' parent group, always below the API, the engine and the database:
+# an eighth of the default weight. Raising it while runs were on gave a burst's
+# runs lower charges but let sixteen hostile CPU hogs starve the control plane;
+# making it SCHED_IDLE was not proven better (docs/load.md).
+V1_PARENT = 128
+V2_PARENT = 12
 CFS_PERIOD_US = 100_000
 FORGET_TIMEOUT_S = 10.0
 # An empty sandbox group this old is not one being started (runsc joins it within
@@ -60,7 +57,6 @@ class CpuWeightStatistics:
     write_failures_total: int
     live: int
     running: int = 0
-    parent_raised_total: int = 0
 
 
 class CpuWeights:
@@ -83,7 +79,6 @@ class CpuWeights:
         self._failures = 0
         self._live: set[str] = set()
         self._running: set[str] = set()
-        self._parent_raised = 0
         if not enabled:
             self.disabled_reason = "turned off (CINCH_CPU_WEIGHTS=0)"
         elif not parent or not parent.startswith("/"):
@@ -102,9 +97,7 @@ class CpuWeights:
                 self.disabled_reason = f"{group} has no cpu.shares"
         if self._dir is not None:
             self._remove_abandoned()
-            if not self._others_running():
-                # A parent left raised by an instance that died mid-run.
-                self._set_parent(running=False)
+            self._set_parent()
 
     @property
     def enabled(self) -> bool:
@@ -119,7 +112,6 @@ class CpuWeights:
             write_failures_total=self._failures,
             live=len(self._live),
             running=len(self._running),
-            parent_raised_total=self._parent_raised,
         )
 
     def path(self, cid: str) -> Path | None:
@@ -145,7 +137,6 @@ class CpuWeights:
                 _write(group / "cpu.shares", V1_STARTING)
                 _write(group / "cpu.cfs_period_us", CFS_PERIOD_US)
                 _write(group / "cpu.cfs_quota_us", quota)
-            _set_idle(group, True)
             self._prepared += 1
         except OSError as exc:
             self._failures += 1
@@ -159,10 +150,8 @@ class CpuWeights:
             return
         try:
             if self._v2:
-                _set_idle(group, False)
                 _write(group / "cpu.weight", V2_RUNNING)
             else:
-                _set_idle(group, False)  # first: an idle group's weight cannot be set
                 _write(group / "cpu.shares", V1_RUNNING)
             self._raised += 1
         except OSError as exc:
@@ -170,8 +159,6 @@ class CpuWeights:
             log.warning("cpu weight: could not raise %s: %s", group, exc)
             return
         self._running.add(cid)
-        if len(self._running) == 1:
-            self._set_parent(running=True)
 
     def set_done(self, cid: str) -> None:
         """``cid``'s run is over: its teardown is background work again (one write),
@@ -186,40 +173,10 @@ class CpuWeights:
                 _write(group / "cpu.weight", V2_STARTING)
             else:
                 _write(group / "cpu.shares", V1_STARTING)
-            _set_idle(group, True)
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 self._failures += 1
                 log.warning("cpu weight: could not lower %s: %s", group, exc)
-        if not self._running and not self._others_running():
-            self._set_parent(running=False)
-
-    def _others_running(self) -> bool:
-        """Whether a sandbox of another instance on this host (same parent) runs now.
-
-        Read from the groups themselves, so instances sharing the parent never
-        lower it under each other's runs (a few small sysfs reads, off the answer
-        path: at the end of a run).
-        """
-        assert self._dir is not None
-        name, running = ("cpu.weight", V2_RUNNING) if self._v2 else ("cpu.shares", V1_RUNNING)
-        try:
-            entries = list(os.scandir(self._dir))
-        except OSError:
-            return False
-        for entry in entries:
-            if not entry.is_dir(follow_symlinks=False) or entry.name in self._live:
-                continue
-            try:
-                # Raised and with processes in it: a group left by a killed
-                # instance keeps its weight but is empty.
-                if int(Path(entry.path, name).read_text()) >= running and (
-                    Path(entry.path, "cgroup.procs").read_text().strip()
-                ):
-                    return True
-            except (OSError, ValueError):
-                continue
-        return False
 
     def _remove_abandoned(self) -> None:
         """Remove empty sandbox groups older than a start: left by killed instances.
@@ -250,24 +207,21 @@ class CpuWeights:
                 "cpu weight: removed %d empty sandbox groups left by earlier instances", removed
             )
 
-    def _set_parent(self, *, running: bool) -> None:
+    def _set_parent(self) -> None:
+        """The parent below the control plane, at an eighth of the default weight.
+
+        Not SCHED_IDLE: an idle parent (``cpu.idle``) was tried and is not proven
+        better (docs/load.md); one left idle by such a build is made normal again
+        first, since the kernel refuses a weight for an idle group.
+        """
         assert self._dir is not None
         if self._v2:
-            path, value = self._dir / "cpu.weight", V2_PARENT_RUNNING if running else V2_PARENT_IDLE
+            path, value = self._dir / "cpu.weight", V2_PARENT
         else:
-            path, value = self._dir / "cpu.shares", V1_PARENT_RUNNING if running else V1_PARENT_IDLE
+            path, value = self._dir / "cpu.shares", V1_PARENT
         try:
-            # The kernel refuses a weight for a group that is idle (EINVAL) and
-            # restores the written weight when it stops being idle: leave idle
-            # first, or set the weight first and then become idle.
-            if running:
-                _set_idle(self._dir, False)
-                _write(path, value)
-            else:
-                _write(path, value)
-                _set_idle(self._dir, True)
-            if running:
-                self._parent_raised += 1
+            _set_idle(self._dir, False)
+            _write(path, value)
         except OSError as exc:
             self._failures += 1
             log.warning("cpu weight: could not set %s: %s", path, exc)

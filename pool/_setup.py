@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from ._cgroups import V1_PARENT_IDLE, V2_PARENT_IDLE
+from ._cgroups import V1_PARENT, V2_PARENT
 from ._docker import DockerClient, socket_path_from_env
 from ._errors import PoolError
 
@@ -36,11 +36,10 @@ RUNTIMES = {
 }
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 CGROUP_NAME = "cinch-sandboxes"
-# The sandboxes' parent at rest: an eighth of the default weight (the API's, the
-# engine's, the database's). The pool raises it while a sandbox runs a program
-# (pool/_cgroups.py), so this is the weight of starts and teardowns.
-CGROUP_V1_SHARES = V1_PARENT_IDLE
-CGROUP_V2_WEIGHT = V2_PARENT_IDLE
+# The sandboxes' parent: an eighth of the default weight (the API's, the
+# engine's, the database's); the pool also makes it SCHED_IDLE (pool/_cgroups.py).
+CGROUP_V1_SHARES = V1_PARENT
+CGROUP_V2_WEIGHT = V2_PARENT
 
 
 class SetupError(PoolError):

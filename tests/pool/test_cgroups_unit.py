@@ -1,69 +1,50 @@
-"""The sandboxes' parent weight follows whether any sandbox runs a program (fake cgroupfs)."""
+"""The sandboxes' parent group stays below the control plane; runs outrank starts (fake cgroupfs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pool._cgroups import V1_PARENT_IDLE, V1_PARENT_RUNNING, V1_RUNNING, CpuWeights
+from pool._cgroups import V1_PARENT, V1_RUNNING, V1_STARTING, CpuWeights
 
 
-def _weights(root: Path) -> tuple[CpuWeights, Path]:
+def _weights(root: Path, *, idle_file: bool) -> tuple[CpuWeights, Path]:
     parent = root / "cpu" / "cinch-sandboxes"
     parent.mkdir(parents=True)
     (parent / "cpu.shares").write_text("999")
+    if idle_file:
+        (parent / "cpu.idle").write_text("0")
     weights = CpuWeights("/cinch-sandboxes", nano_cpus=1_000_000_000, root=root)
     assert weights.enabled, weights.disabled_reason
-    return weights, parent / "cpu.shares"
+    return weights, parent
 
 
-def test_the_parent_is_raised_while_any_sandbox_runs(tmp_path: Path) -> None:
-    weights, shares = _weights(tmp_path)
-    assert shares.read_text() == str(V1_PARENT_IDLE)  # reset at start: nobody runs
+def test_a_parent_left_idle_is_made_normal_at_the_low_weight(tmp_path: Path) -> None:
+    parent = tmp_path / "cpu" / "cinch-sandboxes"
+    parent.mkdir(parents=True)
+    (parent / "cpu.shares").write_text("3")
+    (parent / "cpu.idle").write_text("1")
+    CpuWeights("/cinch-sandboxes", nano_cpus=1_000_000_000, root=tmp_path)
+    assert (parent / "cpu.idle").read_text() == "0"
+    assert (parent / "cpu.shares").read_text() == str(V1_PARENT)
+
+
+def test_without_cpu_idle_the_parent_gets_a_low_weight(tmp_path: Path) -> None:
+    _, parent = _weights(tmp_path, idle_file=False)
+    assert (parent / "cpu.shares").read_text() == str(V1_PARENT)
+    assert not (parent / "cpu.idle").exists()
+
+
+def test_a_run_outranks_starts_and_its_teardown_does_not(tmp_path: Path) -> None:
+    weights, parent = _weights(tmp_path, idle_file=True)
     for cid in ("a", "b"):
         weights.prepare(cid)
+    assert weights.weight("a") == V1_STARTING
     weights.set_running("a")
-    assert shares.read_text() == str(V1_PARENT_RUNNING)
-    weights.set_running("b")
-    weights.set_done("a")
-    assert shares.read_text() == str(V1_PARENT_RUNNING)  # b still runs
-    weights.set_done("b")
-    assert shares.read_text() == str(V1_PARENT_IDLE)
-    weights.set_done("b")  # twice is harmless
+    assert weights.weight("a") == V1_RUNNING
+    assert weights.weight("b") == V1_STARTING
+    assert weights.statistics().running == 1
+    weights.set_done("a")  # its teardown is background work again
+    assert weights.weight("a") == V1_STARTING
+    weights.set_done("a")  # twice is harmless
     assert weights.statistics().running == 0
-
-
-def test_starts_are_sched_idle_and_runs_are_not(tmp_path: Path) -> None:
-    weights, shares = _weights(tmp_path)
-    parent_idle = shares.parent / "cpu.idle"
-    parent_idle.write_text("0")  # the kernel's file exists: the flag is used
-    weights._set_parent(running=False)
-    assert parent_idle.read_text() == "1"
-    weights.prepare("a")
-    group = shares.parent / "a"
-    # A fake group has no kernel files until written: give it the one a kernel makes.
-    (group / "cpu.idle").write_text("0")
-    weights.prepare("b")
-    weights.set_done("a")  # not running: nothing changes
-    assert (group / "cpu.idle").read_text() == "0"
-    weights.set_running("a")
-    assert (group / "cpu.idle").read_text() == "0"
-    assert parent_idle.read_text() == "0"
-    weights.set_done("a")
-    assert (group / "cpu.idle").read_text() == "1"
-    assert parent_idle.read_text() == "1"
-
-
-def test_another_instances_run_keeps_the_parent_raised(tmp_path: Path) -> None:
-    weights, shares = _weights(tmp_path)
-    other = shares.parent / "theirs"
-    other.mkdir()
-    (other / "cpu.shares").write_text(str(V1_RUNNING))
-    (other / "cgroup.procs").write_text("")  # left by a killed instance: no processes
-    weights.prepare("a")
-    weights.set_running("a")
-    weights.set_done("a")
-    assert shares.read_text() == str(V1_PARENT_IDLE)
-    (other / "cgroup.procs").write_text("4242\n")  # a live instance's run
-    weights.set_running("a")
-    weights.set_done("a")
-    assert shares.read_text() == str(V1_PARENT_RUNNING)
+    assert (parent / "cpu.shares").read_text() == str(V1_PARENT)  # never raised
