@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -17,6 +19,8 @@ from ._report import markdown as render_markdown
 from ._report import to_json, write
 from ._suite import LANGUAGES, SHAPES, Options, run_all
 from ._workloads import WORKLOADS
+
+T = TypeVar("T", int, float)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MODES = {
@@ -53,24 +57,25 @@ def _shapes(value: str) -> tuple[str, ...]:
     return names
 
 
-def _sizes(value: str) -> tuple[int, ...]:
+def _numbers(
+    value: str, cast: Callable[[str], T], what: str, ok: Callable[[T], bool], rule: str
+) -> tuple[T, ...]:
+    """Comma-separated numbers for an option: each parsed by ``cast`` and checked by ``ok``."""
     try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+        numbers = tuple(cast(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes are integers, not {value!r}") from None
-    if any(n <= 0 for n in sizes):
-        raise argparse.ArgumentTypeError("sizes are positive")
-    return sizes
+        raise argparse.ArgumentTypeError(f"{what} are numbers, not {value!r}") from None
+    if not numbers or not all(ok(n) for n in numbers):
+        raise argparse.ArgumentTypeError(f"{what} are {rule}")
+    return numbers
+
+
+def _sizes(value: str) -> tuple[int, ...]:
+    return _numbers(value, int, "sizes", lambda n: n > 0, "positive integers")
 
 
 def _fractions(value: str) -> tuple[float, ...]:
-    try:
-        levels = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"levels are numbers, not {value!r}") from None
-    if not levels or any(not 0 < x <= 2 for x in levels):
-        raise argparse.ArgumentTypeError("levels are fractions in (0, 2]")
-    return levels
+    return _numbers(value, float, "levels", lambda x: 0 < x <= 2, "fractions in (0, 2]")
 
 
 def _keys(value: str) -> tuple[str, ...]:

@@ -143,8 +143,7 @@ class CpuWeights:
             log.warning("cpu weight: could not prepare %s: %s", group, exc)
 
     def set_running(self, cid: str) -> None:
-        """Raise ``cid`` to the running weight (one file write), and the parent with
-        it when ``cid`` is the only sandbox of ours running (one more)."""
+        """Raise ``cid`` to the running weight (one file write)."""
         group = self.path(cid)
         if group is None or cid not in self._live:
             return
@@ -161,8 +160,7 @@ class CpuWeights:
         self._running.add(cid)
 
     def set_done(self, cid: str) -> None:
-        """``cid``'s run is over: its teardown is background work again (one write),
-        and the parent drops back once no sandbox under it runs a program."""
+        """``cid``'s run is over: its teardown is background work again (one write)."""
         if cid not in self._running:
             return
         self._running.discard(cid)

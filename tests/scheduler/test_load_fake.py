@@ -4,6 +4,7 @@ predicted wait, demand-following pool targets, bounded starts, CPU weights."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 
 import trio
 import trio.testing
@@ -11,7 +12,7 @@ import trio.testing
 from scheduler import NoCapacity, RunRequest
 from scheduler._queue import FairQueue, ServiceRate, Waiter, predict_wait_s
 
-from .test_scheduler_fake import START_S, CountingBackend, running
+from .test_scheduler_fake import START_S, CountingBackend, Setup, running
 
 
 def test_fair_queue_round_robin_by_tenant() -> None:
@@ -203,26 +204,33 @@ async def test_client_leaving_the_queue_loses_no_sandbox(
         assert result.queue_ms == 0
 
 
-async def test_refuses_says_when_nobody_would_be_admitted(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+@contextlib.asynccontextmanager
+async def _six_waiting(queue_timeout_s: float, tenant: str = "") -> AsyncIterator[Setup]:
+    """One sandbox, starts of 1 s one at a time, and six 5 s runs of ``tenant`` queued."""
     backend = CountingBackend()
     backend.start_delay_s = 1.0
-    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=4) as s:
+    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=queue_timeout_s) as s:
         assert s.scheduler.refuses("python") is None  # a warm sandbox
 
         async def one() -> None:
             with contextlib.suppress(NoCapacity):
-                await s.run("sleep:5")
+                await s.scheduler.run(RunRequest("python", "sleep:5", tenant=tenant))
 
         async with trio.open_nursery() as nursery:
             for _ in range(6):
                 nursery.start_soon(one)
             await trio.testing.wait_all_tasks_blocked()
-            refused = s.scheduler.refuses("python")
-            assert refused is not None, (s.scheduler.statistics(), s.pool.statistics())
-            assert refused > s.scheduler.admit_budget_s
+            yield s
             nursery.cancel_scope.cancel()
+
+
+async def test_refuses_says_when_nobody_would_be_admitted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _six_waiting(queue_timeout_s=4) as s:
+        refused = s.scheduler.refuses("python")
+        assert refused is not None, (s.scheduler.statistics(), s.pool.statistics())
+        assert refused > s.scheduler.admit_budget_s
 
 
 async def test_a_tenant_with_runs_waiting_is_refused_before_a_new_one(
@@ -230,24 +238,12 @@ async def test_a_tenant_with_runs_waiting_is_refused_before_a_new_one(
 ) -> None:
     # The API asks with the account it remembers for the key: a burst's sender is
     # refused by its own place in the round robin, a newcomer is still admitted.
-    backend = CountingBackend()
-    backend.start_delay_s = 1.0
-    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=8) as s:
-
-        async def one() -> None:
-            with contextlib.suppress(NoCapacity):
-                await s.scheduler.run(RunRequest("python", "sleep:5", tenant="burst"))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(6):
-                nursery.start_soon(one)
-            await trio.testing.wait_all_tasks_blocked()
-            assert s.scheduler.refuses("python") is None
-            assert s.scheduler.refuses("python", "newcomer") is None
-            refused = s.scheduler.refuses("python", "burst")
-            assert refused is not None, (s.scheduler.statistics(), s.pool.statistics())
-            assert refused > s.scheduler.admit_budget_s
-            nursery.cancel_scope.cancel()
+    async with _six_waiting(queue_timeout_s=8, tenant="burst") as s:
+        assert s.scheduler.refuses("python") is None
+        assert s.scheduler.refuses("python", "newcomer") is None
+        refused = s.scheduler.refuses("python", "burst")
+        assert refused is not None, (s.scheduler.statistics(), s.pool.statistics())
+        assert refused > s.scheduler.admit_budget_s
 
 
 async def test_runs_admitted_on_a_wrong_prediction_are_told_early(
