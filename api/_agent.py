@@ -21,6 +21,7 @@ stops the run: nobody would pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 from quart import Response, current_app, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from scheduler import NoCapacity, RunResult, Scheduler, ShuttingDown, UnknownLanguage
 
@@ -174,6 +176,14 @@ def create_agent_app(
                 '{"error":"invalid agent token"}', status=401, content_type="application/json"
             )
         return None
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        # Werkzeug's own error answer would be a sync iterable, which Quart iterates on
+        # asyncio's loop: under trio that fails ("no running event loop") mid-answer.
+        with contextlib.suppress(Exception):  # an unread body would block keep-alive
+            await request.get_data(cache=False)
+        return _json({"error": exc.description or exc.name}, exc.code or 500, state)
 
     @app.get("/healthz")
     async def healthz() -> Response:

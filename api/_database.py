@@ -119,6 +119,10 @@ class Database:
             asyncpg.PostgresConnectionError,
             asyncpg.CannotConnectNowError,
             asyncpg.InterfaceError,
+            # A connection whose earlier query was cancelled mid-way (a caller's deadline)
+            # while the server went away: "cannot switch to state ...; another operation
+            # is in progress". The connection is unusable, the database may be down.
+            asyncpg.exceptions.InternalClientError,
             ConnectionError,
             OSError,
             TimeoutError,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._database import Database, StoreError
+from ._database import Database
 
 log = logging.getLogger("cinch.store")
 
@@ -43,7 +43,9 @@ class DatabaseWatch:
         try:
             with trio.fail_after(PING_TIMEOUT_S):
                 await self._db.ping()
-        except (StoreError, trio.TooSlowError) as exc:
+        except Exception as exc:  # StoreError, TooSlowError, or anything else
+            # Whatever the ping raised, the watch goes on: it reports, it never stops the
+            # server it watches.
             self._failed += 1
             if self._reachable:
                 self._outages += 1

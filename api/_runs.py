@@ -667,7 +667,7 @@ async def _keep_output(state: AppState, run_id: str, result: RunResult) -> None:
             await state.store.keep_run_output(
                 run_id, stdout, stderr, cut_out or cut_err or result.truncated
             )
-        except StoreError as exc:
+        except Exception as exc:  # any failure (the database's own errors too) costs only the page
             log.warning("request %s: output not kept: %s", run_id, exc)
 
 

@@ -181,6 +181,24 @@ async def test_wrong_token_is_refused_and_header_carries_levels() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_http_errors_of_the_agent_are_json_not_a_crash() -> None:
+    """Werkzeug's own error answer is a sync iterable, which Quart iterates on asyncio's
+    loop: under trio that raised "no running event loop" and dropped the connection."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with trio.open_nursery() as nursery:
+        async with fake_agents(nursery, 1) as agents:
+            async with httpx.AsyncClient(base_url=agents[0].url, headers=auth) as http:
+                r = await http.get("/v1/nothing-here")
+                assert r.status_code == 404
+                assert "error" in r.json()
+                r = await http.delete("/v1/pool")
+                assert r.status_code == 405
+                assert "error" in r.json()
+                # The connection is still good for the next call.
+                assert (await http.get("/v1/pool")).status_code == 200
+            nursery.cancel_scope.cancel()
+
+
 async def test_client_sets_tcp_nodelay() -> None:
     async with trio.open_nursery() as nursery:
         async with fake_agents(nursery, 1) as agents:

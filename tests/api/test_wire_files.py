@@ -1,4 +1,4 @@
-"""Files, args and env cross the API-to-agent wire unchanged (issue 18, SCALE-OUT.md)."""
+"""Files, args and env cross the API-to-agent wire unchanged (issue 18, docs/scale-out.md)."""
 
 from __future__ import annotations
 

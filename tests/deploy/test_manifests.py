@@ -1,7 +1,7 @@
 """The deploy/ artefacts, validated offline: real schema validators, then what they must say.
 
 - Kubernetes: every document against the 1.37 OpenAPI schemas (``kubernetes-validate``,
-  strict: unknown fields fail), then the properties SCALE-OUT.md asks for.
+  strict: unknown fields fail), then the properties docs/scale-out.md asks for.
 - Nomad: parsed as HCL2 (``python-hcl2``), then the job types and discovery.
 - Swarm: the stack file through the Docker CLI's own compose loader and schema
   (``docker stack config``: unknown keys fail), then the modes, networks and mounts.
@@ -183,6 +183,9 @@ def test_swarm_stack_passes_the_compose_schema_and_has_the_shape() -> None:
     assert "db" in api["networks"]
     assert "db" in db["networks"]
     assert "db" not in agent["networks"]
+    # A rolling update waits for each new agent to answer; PostgreSQL gets its fast shutdown.
+    assert "/healthz" in " ".join(agent["healthcheck"]["test"])
+    assert db["stop_signal"] == "SIGINT"
     for service in (agent, api):
         unknown = {n for n in service["environment"] if n.startswith("CINCH_")} - SETTINGS
         assert not unknown, unknown

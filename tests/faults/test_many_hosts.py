@@ -4,11 +4,11 @@ Everything is real: each agent drives the machine's engine with runsc sandboxes
 under its own data dir (so its own instance id and ``cinch.owner`` label), the
 replicas share one real PostgreSQL (a fresh database on the tests' server), and
 every call is HTTP over loopback.  The agents stand in for hosts; the
-multi-node Swarm test bed of SCALE-OUT.md section 6 is not used here.
+multi-node Swarm test bed of docs/scale-out.md section 6 is not used here.
 
 One cluster serves the whole module (starting it is most of the cost); the
 drills that break a process restart it before they end.  Each drill ends with
-the ledger invariants of SCALE-OUT.md section 8, checked in SQL.
+the ledger invariants of docs/scale-out.md section 8, checked in SQL.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def post(
 
 
 def assert_ledger(c: Cluster, keys: str | list[str], answers: list[Answer | Exception]) -> None:
-    """SCALE-OUT.md section 8: balances are sums of rows; every charge has a delivered
+    """docs/scale-out.md section 8: balances are sums of rows; every charge has a delivered
     result (and every delivered result its charge); no hold is left behind."""
     from api._store import hash_key
 

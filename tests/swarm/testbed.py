@@ -1,4 +1,4 @@
-"""A real multi-node Docker Swarm on one machine (SCALE-OUT.md section 6), made and removed here.
+"""A real multi-node Docker Swarm on one machine (docs/scale-out.md section 6), made and removed here.
 
 Each node is a network namespace running a dockerd of its own (own socket, data
 root, exec root, pid file; runsc registered as on the host), started with
@@ -47,28 +47,44 @@ def in_netns(netns: str, fn: Callable[[], T]) -> T:
 
     setns(2) moves only the calling thread, so sockets ``fn`` opens live there.
     """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                box["error"] = OSError(ctypes.get_errno(), f"setns {netns}")
-                return
-        finally:
-            os.close(fd)
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
+    thread = NetnsThread(netns, fn)
     thread.start()
-    thread.join(300)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return thread.result(300)
+
+
+def enter_netns(netns: str) -> None:
+    """Move the calling thread into the network namespace ``netns`` (for good)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {netns}")
+    finally:
+        os.close(fd)
+
+
+class NetnsThread(threading.Thread):
+    """A daemon thread that runs ``fn()`` inside ``netns``; :meth:`result` joins it."""
+
+    def __init__(self, netns: str, fn: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.netns, self.fn = netns, fn
+        self.box: dict[str, Any] = {}
+
+    def run(self) -> None:
+        try:
+            enter_netns(self.netns)
+            self.box["value"] = self.fn()
+        except BaseException as exc:
+            self.box["error"] = exc
+
+    def result(self, timeout: float) -> Any:
+        self.join(timeout)
+        if self.is_alive():
+            raise TimeoutError(f"no answer within {timeout} s in {self.netns}")
+        if "error" in self.box:
+            raise self.box["error"]
+        return self.box["value"]
 
 
 @dataclass
@@ -265,7 +281,8 @@ class SwarmBed:
                 with contextlib.suppress(OSError):
                     cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
                     if needle in cmdline and any(
-                        cmdline.startswith(p) for p in (b"runsc", b"containerd", b"dockerd", b"/usr/bin/")
+                        cmdline.startswith(p)
+                        for p in (b"runsc", b"containerd", b"dockerd", b"/usr/bin/")
                     ):
                         os.kill(int(entry), signal.SIGKILL)
 
