@@ -35,6 +35,9 @@ class Config:
     max_sandboxes: int = 24
     start_concurrency: int = 0  # 0: one per CPU core
     cpu_weights: bool = True
+    # The sandboxes' cgroup parent; empty: the low-weight group `cinch setup` made.
+    cgroup_parent: str = ""
+    sandbox_cpus: float = 1.0  # each sandbox's CPU limit, in cores
     pause_idle: bool = False
     sandbox_max_age_s: float = 600.0
     refill_delay_s: float = 0.5
@@ -126,6 +129,7 @@ class Config:
 
         check(self.pool_python >= 0 and self.pool_javascript >= 0, "CINCH_POOL_* must be >= 0")
         check(self.max_sandboxes >= 1, "CINCH_MAX_SANDBOXES must be >= 1")
+        check(0.01 <= self.sandbox_cpus <= 64, "CINCH_SANDBOX_CPUS must be from 0.01 to 64")
         check(self.start_concurrency >= 0, "CINCH_START_CONCURRENCY must be >= 0")
         check(
             self.pool_max_python >= 0 and self.pool_max_javascript >= 0,

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from pool import DockerBackend, DockerClient, LiveSandboxes, WarmPool, run_pools
+from pool import DockerBackend, DockerClient, LiveSandboxes, SandboxLimits, WarmPool, run_pools
 from pool._images import current_tags
 from pool._setup import CGROUP_NAME, cgroup_parent_for
 from scheduler import Scheduler, SchedulerConfig
@@ -35,8 +35,11 @@ class Pools:
     backend: DockerBackend
 
 
-async def sandbox_cgroup_parent(client: DockerClient) -> str | None:
-    """The low-weight cgroup parent ``cinch setup`` prepared, or None when it is missing."""
+async def sandbox_cgroup_parent(client: DockerClient, configured: str = "") -> str | None:
+    """``configured`` (CINCH_CGROUP_PARENT) if set, else the low-weight cgroup parent
+    ``cinch setup`` prepared, or None when it is missing."""
+    if configured:
+        return configured
     info = await client.info()
     driver = str(info.get("CgroupDriver", "cgroupfs"))
     parent = cgroup_parent_for(driver)
@@ -83,6 +86,7 @@ async def open_pools(
         client,
         owner=owner,
         runtimes=config.runtimes(),
+        limits=SandboxLimits(nano_cpus=round(config.sandbox_cpus * 1e9)),
         cgroup_parent=cgroup_parent,
         cpu_weights=config.cpu_weights,
         labels=labels,

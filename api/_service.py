@@ -131,7 +131,7 @@ async def _serve_with_store(
         for name, tag in tags.items():
             if not await client.image_exists(tag):
                 raise SetupNeeded(f"image {tag} for {name} is missing; run `cinch setup`")
-        cgroup_parent = await sandbox_cgroup_parent(client)
+        cgroup_parent = await sandbox_cgroup_parent(client, config.cgroup_parent)
         removed = await DockerBackend(client, owner=instance.id, runtimes={}).remove_leftovers()
         if removed:
             log.info("removed %d leftover sandboxes of instance %s", removed, instance.id)
