@@ -209,6 +209,15 @@ class RunLedger:
             "UPDATE instances SET seen_at = now() WHERE id = $1", self.instance_id
         )
 
+    async def live_instances(self) -> int:
+        """Instances (``cinch serve``/``cinch api`` replicas) heartbeating now, this one too."""
+        n = await self._db.fetchval(
+            "SELECT count(*) FROM instances WHERE stopped_at IS NULL "
+            "AND seen_at > now() - make_interval(secs => $1)",
+            float(DEAD_AFTER_S),
+        )
+        return max(1, int(n or 0))
+
     async def stop_instance(self) -> None:
         """A clean stop: this instance's claims are free to take over at once."""
         await self._db.execute(

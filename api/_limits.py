@@ -41,10 +41,28 @@ class KeyLimiter:
     """
 
     def __init__(self, rate: float, burst: int, max_running: int) -> None:
-        self.rate = rate
-        self.burst = burst
+        self.configured_rate = self.rate = rate
+        self.configured_burst = self.burst = burst
         self.max_running = max_running
+        self.replicas = 1
         self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
+
+    def share(self, replicas: int) -> None:
+        """Allow this replica its share, 1/``replicas``, of the configured rate and burst.
+
+        The replicas of ``cinch api`` count each other (live rows of ``instances``), so
+        behind a balancer that spreads requests the key's total stays at the limit; a
+        client pinned to one replica gets its share. Buckets keep their tokens, capped
+        at the new burst.
+        """
+        replicas = max(1, replicas)
+        if replicas == self.replicas:
+            return
+        self.replicas = replicas
+        self.rate = self.configured_rate / replicas
+        self.burst = max(1, math.ceil(self.configured_burst / replicas))
+        for bucket in self._buckets.values():
+            bucket.tokens = min(bucket.tokens, float(self.burst))
 
     def _bucket(self, key: bytes) -> _Bucket:
         now = trio.current_time()

@@ -46,6 +46,7 @@ from ._service import (
     _extra_blueprints,
     _housekeeping,
     _http_samples,
+    _replica_samples,
     _signal_watcher,
 )
 from ._state import app_state
@@ -327,10 +328,11 @@ async def _serve_api(
     metrics = app_state(app).metrics
     metrics.watch(lambda: _http_samples(http_stats))
     metrics.watch(lambda: _database_samples(store, watch))
+    metrics.watch(lambda: _replica_samples(app_state(app).limiter))
     metrics.watch(lambda: _router_samples(router))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_housekeeping, store)
+        nursery.start_soon(_housekeeping, store, app_state(app).limiter)
         await nursery.start(watch.run)
         await nursery.start(router.serve)
         bound = await nursery.start(

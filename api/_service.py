@@ -35,6 +35,7 @@ from ._http_limits import HttpLimits, HttpStatistics
 from ._http_limits import serve as http_serve
 from ._ledger import HEARTBEAT_S
 from ._leftovers import DATA_DIR_LABEL, remove_dead
+from ._limits import KeyLimiter
 from ._pools import Pools, open_pools, sandbox_cgroup_parent
 from ._reasons import install as install_reason_phrases
 from ._state import app_state
@@ -76,13 +77,16 @@ async def _languages_info(
     return info
 
 
-async def _housekeeping(store: Store) -> None:
-    """Heartbeat (so other instances know our idempotency claims are alive) and reaping."""
+async def _housekeeping(store: Store, limiter: KeyLimiter | None = None) -> None:
+    """Heartbeat (so other instances know our idempotency claims are alive), reaping, and
+    the per-key rate limit's share: 1/n of it for each of n live replicas."""
     last_reap = trio.current_time()
     while True:
         await trio.sleep(HEARTBEAT_S)
         try:
             await store.ledger.heartbeat()
+            if limiter is not None:
+                limiter.share(await store.ledger.live_instances())
             if trio.current_time() - last_reap >= 30:
                 last_reap = trio.current_time()
                 await store.ledger.reap_expired_holds()
@@ -231,9 +235,10 @@ async def _serve_with_pools(
     http_stats = HttpStatistics()
     app_state(app).metrics.watch(lambda: _http_samples(http_stats))
     app_state(app).metrics.watch(lambda: _database_samples(store, watch))
+    app_state(app).metrics.watch(lambda: _replica_samples(app_state(app).limiter))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_housekeeping, store)
+        nursery.start_soon(_housekeeping, store, app_state(app).limiter)
         if store.server is not None:
             await nursery.start(store.server.supervise)
         else:
@@ -284,6 +289,17 @@ def _database_facts(store: Store, watch: DatabaseWatch) -> dict[str, Any]:
         return {"embedded": False, "outages": w.outages}
     e = store.server.statistics()
     return {"embedded": True, "server": e.state, "owner": e.owner, "restarts": e.restarts}
+
+
+def _replica_samples(limiter: KeyLimiter) -> list[tuple[str, str, str, float]]:
+    return [
+        (
+            "gauge",
+            "cinch_api_replicas",
+            "Live API replicas this one counts; each allows 1/n of a key's rate limit",
+            limiter.replicas,
+        )
+    ]
 
 
 def _database_samples(store: Store, watch: DatabaseWatch) -> list[tuple[str, str, str, float]]:

@@ -58,6 +58,9 @@ API_ENV = {
     "CINCH_AGENT_POLL_S": "0.25",
     # Counted in the database: both replicas together allow 3 runs of a key at once.
     "CINCH_MAX_CONCURRENT_PER_KEY": "3",
+    # The defaults, spelled out: the rate test counts against them.
+    "CINCH_RATE_LIMIT_RPS": "50",
+    "CINCH_RATE_LIMIT_BURST": "100",
 }
 
 
@@ -311,6 +314,49 @@ def test_per_key_concurrency_holds_across_replicas(cluster: Cluster) -> None:
     limited = next(a for a in answers if isinstance(a, Answer) and a.status == 429)
     assert limited.headers["Retry-After"] == "1"
     assert_ledger(cluster, key, answers)
+
+
+def test_per_key_rate_limit_holds_across_replicas(cluster: Cluster) -> None:
+    """The replicas count each other and each allows its share of the key's rate: two
+    together let through what one would (burst + rate x elapsed), not twice that."""
+    key = cluster.db.new_key(0)  # every admitted request is a 402: no sandbox needed
+    # Both replicas have heartbeated and counted each other (every 2 s).
+    wait_until(lambda: all(_replicas_seen(a) == 2 for a in cluster.apis), 15)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def hammer(api: Role) -> None:
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            for _ in range(100):
+                r = client.post(
+                    "/run", json={"code": "print(1)"}, headers={"Authorization": f"Bearer {key}"}
+                )
+                with lock:
+                    statuses.append(r.status_code)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=hammer, args=(cluster.apis[i % 2],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    elapsed = time.monotonic() - t0
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    assert set(counts) <= {402, 429}, counts
+    rate = float(API_ENV["CINCH_RATE_LIMIT_RPS"])
+    burst = int(API_ENV["CINCH_RATE_LIMIT_BURST"])
+    # One replica's allowance for the whole key, plus a token of rounding per replica.
+    assert counts.get(402, 0) <= burst + rate * elapsed + 2, (counts, elapsed)
+    assert counts.get(429, 0) > 0, counts
+
+
+def _replicas_seen(api: Role) -> int:
+    """How many live replicas this replica counts (its RateLimit-Limit is burst / n)."""
+    body = httpx.get(api.url + "/metrics", timeout=5).text
+    for line in body.splitlines():
+        if line.startswith("cinch_api_replicas "):
+            return int(float(line.split()[1]))
+    return 0
 
 
 # -- drills ----------------------------------------------------------------------------------
