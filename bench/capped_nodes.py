@@ -116,39 +116,6 @@ def _runsc_pids(node: Node) -> list[int]:
     return found
 
 
-def _start_engine_in(node: Node, group: NodeGroup) -> None:
-    """Like Node.start_engine, but inside ``group``."""
-    import json
-
-    node.base.mkdir(parents=True, exist_ok=True)
-    config = json.loads(Path("/etc/docker/daemon.json").read_text())
-    config.update(
-        {
-            "data-root": str(node.base / "data"),
-            "exec-root": str(node.base / "exec"),
-            "pidfile": str(node.base / "docker.pid"),
-            "hosts": [node.docker_host],
-            "shutdown-timeout": 2,
-        }
-    )
-    (node.base / "daemon.json").write_text(json.dumps(config))
-    with open(node.base / "dockerd.log", "ab") as log:
-        node.process = subprocess.Popen(
-            group.wrap(
-                [
-                    "nsenter",
-                    f"--net=/run/netns/{node.name}",
-                    "dockerd",
-                    f"--config-file={node.base / 'daemon.json'}",
-                ]
-            ),
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
 def _spawn_in(
     netns: str, group: NodeGroup | None, role: str, data_dir: Path, env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
@@ -246,7 +213,7 @@ def main() -> None:
             for node in bed.nodes:
                 group = NodeGroup(f"{bed.prefix}-{node.name.rsplit('-', 1)[1]}", args.cpu)
                 groups.append(group)
-                _start_engine_in(node, group)
+                node.start_engine(group.wrap)
             for node in bed.nodes:
                 deadline = time.monotonic() + 120
                 while not node.engine_answers():

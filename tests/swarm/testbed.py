@@ -109,7 +109,9 @@ class Node:
     def docker(self, *args: str, timeout: float = 120) -> str:
         return sh("docker", "-H", self.docker_host, *args, timeout=timeout)
 
-    def start_engine(self) -> None:
+    def start_engine(self, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+        """Start this node's dockerd; ``wrap`` may put the command inside something
+        (bench.capped_nodes: a CPU-capped cgroup)."""
         self.base.mkdir(parents=True, exist_ok=True)
         config = json.loads(Path("/etc/docker/daemon.json").read_text())
         config.update(
@@ -123,13 +125,14 @@ class Node:
         )
         (self.base / "daemon.json").write_text(json.dumps(config))
         with open(self.base / "dockerd.log", "ab") as log:
+            argv = [
+                "nsenter",
+                f"--net=/run/netns/{self.name}",
+                "dockerd",
+                f"--config-file={self.base / 'daemon.json'}",
+            ]
             self.process = subprocess.Popen(
-                [
-                    "nsenter",
-                    f"--net=/run/netns/{self.name}",
-                    "dockerd",
-                    f"--config-file={self.base / 'daemon.json'}",
-                ],
+                wrap(argv) if wrap else argv,
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
