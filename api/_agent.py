@@ -21,7 +21,6 @@ stops the run: nobody would pay for it.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
@@ -29,15 +28,13 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import trio
-from quart import Response, current_app, request
-from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from scheduler import NoCapacity, RunResult, Scheduler, ShuttingDown, UnknownLanguage
 
+from ._h11 import Last, Request, Response, ServerLimits, json_response, serve
 from ._stream import StartedOnce
 from ._wire import (
     LEVELS_HEADER,
@@ -136,82 +133,90 @@ class AgentState:
         return not queued and self.scheduler.pool(language).statistics().ready > 0
 
 
-def _state() -> AgentState:
-    return cast("AgentState", current_app.extensions["cinch-agent"])
-
-
 def _json(body: Any, status: int, state: AgentState, **headers: str) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")),
-        status=status,
-        headers={LEVELS_HEADER: state.levels().header(), **headers},
-        content_type="application/json",
-    )
+    return json_response(body, status, [(LEVELS_HEADER, state.levels().header()), *headers.items()])
 
 
-def create_agent_app(
-    scheduler: Scheduler,
-    token: str,
-    *,
-    readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-) -> QuartTrio:
-    """The agent's app over ``scheduler``; callers must send ``Authorization: Bearer <token>``."""
-    if not token:
-        raise ValueError("the agent needs a token (CINCH_AGENT_TOKEN)")
-    app = QuartTrio("cinch-agent")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    state = AgentState(scheduler, token, readiness=readiness)
-    app.extensions["cinch-agent"] = state
-    expected = f"Bearer {token}".encode()
+class AgentApp:
+    """The agent's HTTP handler over ``scheduler`` (served by :func:`serve_agent`).
 
-    @app.before_request
-    async def _authenticate() -> Response | None:
-        if request.path in ("/healthz", "/readyz"):
-            return None
-        given = (request.headers.get("Authorization") or "").encode("utf-8", "replace")
+    Callers must send ``Authorization: Bearer <token>``, except to ``/healthz`` and
+    ``/readyz``.  Runs are driven in ``nursery`` (set by :func:`serve_agent`), so an
+    answer's end does not end its run's bookkeeping.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        token: str,
+        *,
+        readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
+        if not token:
+            raise ValueError("the agent needs a token (CINCH_AGENT_TOKEN)")
+        self.state = AgentState(scheduler, token, readiness=readiness)
+        self._expected = f"Bearer {token}".encode()
+        self.nursery: trio.Nursery | None = None
+
+    async def __call__(self, request: Request) -> Response:
+        state = self.state
+        path, method = request.path, request.method
+        if path in ("/healthz", "/readyz"):
+            if method != "GET":
+                return _json({"error": "method not allowed"}, 405, state)
+            return await (self._healthz() if path == "/healthz" else self._readyz())
+        given = request.headers.get("authorization", "").encode("utf-8", "replace")
         # Constant time: the token must not leak one byte at a time.
-        if not hmac.compare_digest(given, expected):
-            await request.get_data(cache=False)
-            return Response(
-                '{"error":"invalid agent token"}', status=401, content_type="application/json"
-            )
-        return None
+        if not hmac.compare_digest(given, self._expected):
+            return json_response({"error": "invalid agent token"}, 401)
+        if path == POOL_PATH:
+            if method != "GET":
+                return _json({"error": "method not allowed"}, 405, state)
+            return _json(state.levels().to_json(), 200, state)
+        if path == RUNS_PATH:
+            if method != "POST":
+                return _json({"error": "method not allowed"}, 405, state)
+            return await self._run(request)
+        prefix = RUNS_PATH + "/"
+        if path.startswith(prefix):
+            run_id, _, action = path[len(prefix) :].partition("/")
+            if action in ("budget", "stop") and run_id and "/" not in run_id:
+                if method != "POST":
+                    return _json({"error": "method not allowed"}, 405, state)
+                live = state.runs.get(run_id)
+                if live is None:
+                    return Response(404, b'{"error":"no such run here"}')
+                if action == "stop":
+                    live.stop.set()
+                    return Response(204)
+                try:
+                    live.budget.push(int(json.loads(request.body)["paidMs"]))
+                except (ValueError, KeyError, TypeError):
+                    return _json({"error": 'the body must be {"paidMs": n}'}, 400, state)
+                return Response(204)
+        return _json({"error": "not found"}, 404, state)
 
-    @app.errorhandler(HTTPException)
-    async def _http_error(exc: HTTPException) -> Response:
-        # Werkzeug's own error answer would be a sync iterable, which Quart iterates on
-        # asyncio's loop: under trio that fails ("no running event loop") mid-answer.
-        with contextlib.suppress(Exception):  # an unread body would block keep-alive
-            await request.get_data(cache=False)
-        return _json({"error": exc.description or exc.name}, exc.code or 500, state)
+    async def _healthz(self) -> Response:
+        return Response(200, b'{"status":"ok"}')
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return Response('{"status":"ok"}', content_type="application/json")
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
+    async def _readyz(self) -> Response:
+        state = self.state
         checks = await state.readiness() if state.readiness is not None else {}
-        ok = scheduler.accepting and all(c.get("ok") for c in checks.values())
+        ok = state.scheduler.accepting and all(c.get("ok") for c in checks.values())
         body = {"status": "ok" if ok else "unavailable", "checks": checks}
         return _json(body, 200 if ok else 503, state)
 
-    @app.get(POOL_PATH)
-    async def pool() -> Response:
-        return _json(state.levels().to_json(), 200, state)
-
-    @app.post(RUNS_PATH)
-    async def run() -> Response:
+    async def _run(self, request: Request) -> Response:
         t_arrival = trio.current_time()
-        raw = await request.get_data(cache=False)
+        state, scheduler = self.state, self.state.scheduler
         try:
-            body = json.loads(raw)
+            body = json.loads(request.body)
             run_request = request_from_json(body["request"])
             paid = body.get("paidMs")
             paid_ms = None if paid is None else int(paid)
             warm_only = bool(body.get("warmOnly", False))
             streamed = bool(body.get("stream", False))
-        except (ValueError, KeyError, TypeError, WireError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, WireError) as exc:
             return _json({"error": f"bad run request: {exc}"}, 400, state)
         run_id = run_request.request_id
         if not run_id or run_id in state.runs:
@@ -222,34 +227,47 @@ def create_agent_app(
             return _json({"error": f"unsupported language {run_request.language!r}"}, 400, state)
         if warm_only and not state.warm_now(run_request.language):
             return _json({"error": "no warm sandbox"}, 409, state)
-        return await _start(state, run_request, PushedBudget(paid_ms), streamed, t_arrival)
+        assert self.nursery is not None, "serve_agent sets the nursery"
+        return await _start(
+            state, self.nursery, run_request, PushedBudget(paid_ms), streamed, t_arrival
+        )
 
-    @app.post(RUNS_PATH + "/<run_id>/budget")
-    async def budget(run_id: str) -> Response:
-        raw = await request.get_data(cache=False)
-        live = state.runs.get(run_id)
-        if live is None:
-            return Response(status=404)
-        try:
-            live.budget.push(int(json.loads(raw)["paidMs"]))
-        except (ValueError, KeyError, TypeError):
-            return _json({"error": 'the body must be {"paidMs": n}'}, 400, state)
-        return Response(status=204)
 
-    @app.post(RUNS_PATH + "/<run_id>/stop")
-    async def stop(run_id: str) -> Response:
-        await request.get_data(cache=False)
-        live = state.runs.get(run_id)
-        if live is None:
-            return Response(status=404)
-        live.stop.set()
-        return Response(status=204)
+def create_agent_app(
+    scheduler: Scheduler,
+    token: str,
+    *,
+    readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> AgentApp:
+    """The agent's handler over ``scheduler``; serve it with :func:`serve_agent`."""
+    return AgentApp(scheduler, token, readiness=readiness)
 
-    return app
+
+async def serve_agent(
+    app: AgentApp,
+    host: str,
+    port: int,
+    *,
+    header_timeout_s: float = 5.0,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``host:port`` (``task_status`` gets the bound URLs)."""
+    limits = ServerLimits(header_timeout_s=header_timeout_s, max_body_bytes=MAX_BODY_BYTES)
+    async with trio.open_nursery() as nursery:
+        app.nursery = nursery
+        bound = await nursery.start(
+            lambda task_status: serve(app, host, port, limits, task_status=task_status)
+        )
+        task_status.started(bound)
+        if shutdown_trigger is not None:
+            await shutdown_trigger()
+            nursery.cancel_scope.cancel()
 
 
 async def _start(
     state: AgentState,
+    nursery: trio.Nursery,
     run_request: RunRequest,
     budget: PushedBudget,
     streamed: bool,
@@ -305,7 +323,7 @@ async def _start(
                     pass
 
     try:
-        await cast("QuartTrio", current_app).nursery.start(drive)
+        await nursery.start(drive)
     except NoCapacity as exc:
         state.runs.pop(run_id, None)
         return _json({"error": str(exc), "retryAfterS": exc.retry_after_s}, 503, state)
@@ -317,21 +335,18 @@ async def _start(
         return _json({"error": str(exc)}, 400, state)
 
     async def body() -> AsyncIterator[bytes]:
-        finished = False
-        try:
-            with receive:
-                async for line in receive:
-                    yield encode_line(line)
-                    if line["event"] in ("result", "error"):
-                        finished = True
-                        return
-        finally:
-            if not finished:
-                # The API went away mid-run: nobody would get (or pay for) the result.
-                live.stop.set()
+        with receive:
+            async for line in receive:
+                if line["event"] in ("result", "error"):
+                    yield Last(encode_line(line))
+                    return
+                yield encode_line(line)
 
-    response = Response(
-        body(), status=200, headers={LEVELS_HEADER: state.levels().header()}, content_type=NDJSON
+    # The API went away mid-run: nobody would get (or pay for) the result.
+    return Response(
+        200,
+        body(),
+        [(LEVELS_HEADER, state.levels().header())],
+        content_type=NDJSON,
+        on_disconnect=live.stop.set,
     )
-    response.timeout = None
-    return response

@@ -29,6 +29,7 @@ from pool._images import current_tags
 from scheduler import Scheduler
 
 from ._agent import create_agent_app
+from ._agent import serve_agent as serve_agent_http
 from ._app import create_app
 from ._config import Config
 from ._database_watch import DatabaseWatch
@@ -139,13 +140,13 @@ async def serve_agent(
             app = create_agent_app(scheduler, config.agent_token, readiness=readiness)
             shutdown = trio.Event()
             stop_listening = trio.Event()
-            limits = HttpLimits(config.header_timeout_s, config.max_connections_per_ip)
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(
-                    lambda task_status: http_serve(
+                    lambda task_status: serve_agent_http(
                         app,
-                        _hypercorn(config),
-                        limits,
+                        config.host,
+                        config.port,
+                        header_timeout_s=config.header_timeout_s,
                         shutdown_trigger=stop_listening.wait,
                         task_status=task_status,
                     )

@@ -166,6 +166,43 @@ def central_cost(
     )
 
 
+def hop_floor(agent: str, token: str, pause_s: float) -> str:
+    """The hop's HTTP floor: ``GET /v1/pool`` with the router's own client
+    (``api._remote.AgentClient``), back to back and after ``pause_s`` of idle each.
+
+    On this VM, code that ran a moment ago runs about 3x slower after some
+    milliseconds of idle (cold caches), so the warm-hit bench, which pauses for
+    the pool, sees the after-idle figure.
+    """
+    import trio
+
+    from api._remote import AgentClient
+
+    async def calls(n: int, pause: float) -> list[float]:
+        client = AgentClient(agent, token)
+        out = []
+        try:
+            for _ in range(n):
+                if pause:
+                    await trio.sleep(pause)
+                t0 = time.perf_counter()
+                await client.pool(5.0)
+                out.append((time.perf_counter() - t0) * 1000)
+        finally:
+            await client.aclose()
+        return out[5:]
+
+    async def both() -> tuple[list[float], list[float]]:
+        return await calls(205, 0.0), await calls(25, pause_s)
+
+    hot, idle = trio.run(both)
+    return (
+        f"hop floor, GET /v1/pool through the router's client: back to back p50 "
+        f"{statistics.median(hot):.2f} ms (n={len(hot)}); after {pause_s:g} s idle each p50 "
+        f"{statistics.median(idle):.2f} ms (n={len(idle)})"
+    )
+
+
 def _metric(url: str, name: str) -> float | None:
     for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
         if line.startswith(name + " "):
@@ -256,6 +293,7 @@ def main() -> None:
             hop = _metric(api, "cinch_agent_hop_p50_seconds")
             if hop is not None:
                 print(f"api -> agent hop p50 (router's view, last 512 calls): {hop * 1000:.2f} ms")
+            print(hop_floor(agent, common["CINCH_AGENT_TOKEN"], args.pause_s), flush=True)
         finally:
             for p in reversed(processes):
                 if p.poll() is None:

@@ -1,8 +1,8 @@
 """Router and agents over real HTTP on loopback, with the fake sandbox backend.
 
 Each agent is the real agent app (``api._agent``) over a real Scheduler whose
-pools use :class:`pool.testing.FakeBackend`, served by hypercorn on a port of
-its own; the router is the one ``cinch api`` runs.  Fast: no engine, no
+pools use :class:`pool.testing.FakeBackend`, served by the agent's own
+HTTP/1.1 server (``api._h11``) on a port of its own; the router is the one ``cinch api`` runs.  Fast: no engine, no
 database.  The same protocol against real gVisor agents: test_many_hosts.py.
 """
 
@@ -18,11 +18,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from hypercorn.config import Config as HypercornConfig
 
-from api._agent import PushedBudget, create_agent_app
-from api._http_limits import HttpLimits
-from api._http_limits import serve as http_serve
+from api._agent import PushedBudget, create_agent_app, serve_agent
 from api._remote import AgentClient
 from api._routing import Router, RouterConfig
 from api._wire import LEVELS_HEADER, Levels
@@ -72,9 +69,6 @@ async def fake_agents(
         scheduler = Scheduler(pools, SchedulerConfig(queue_timeout_s=queue_timeout_s))
         scope = trio.CancelScope()
         app = create_agent_app(scheduler, TOKEN)
-        hc = HypercornConfig()
-        hc.bind = ["127.0.0.1:0"]
-        hc.accesslog = None
 
         async def run_agent(
             task_status: Any,
@@ -82,22 +76,13 @@ async def fake_agents(
             pools: Any = pools,
             scope: trio.CancelScope = scope,
             app: Any = app,
-            hc: HypercornConfig = hc,
         ) -> None:
             with scope:
                 async with trio.open_nursery() as inner:
                     await inner.start(scheduler.serve)
                     for p in pools.values():
                         await inner.start(p.run)
-                    bound = await inner.start(
-                        lambda task_status: http_serve(
-                            app,
-                            hc,
-                            HttpLimits(5.0, 256),
-                            shutdown_trigger=trio.sleep_forever,
-                            task_status=task_status,
-                        )
-                    )
+                    bound = await inner.start(serve_agent, app, "127.0.0.1", 0)
                     task_status.started(str(bound[0]))
 
         url = await nursery.start(run_agent)
@@ -182,8 +167,8 @@ async def test_wrong_token_is_refused_and_header_carries_levels() -> None:
 
 
 async def test_http_errors_of_the_agent_are_json_not_a_crash() -> None:
-    """Werkzeug's own error answer is a sync iterable, which Quart iterates on asyncio's
-    loop: under trio that raised "no running event loop" and dropped the connection."""
+    """An unknown path, a wrong method, a bad body, a bad token: JSON errors, and the
+    keep-alive connection stays good."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with trio.open_nursery() as nursery:
         async with fake_agents(nursery, 1) as agents:
@@ -193,6 +178,16 @@ async def test_http_errors_of_the_agent_are_json_not_a_crash() -> None:
                 assert "error" in r.json()
                 r = await http.delete("/v1/pool")
                 assert r.status_code == 405
+                assert "error" in r.json()
+                r = await http.post("/v1/runs", content=b"{not json")
+                assert r.status_code == 400
+                assert "bad run request" in r.json()["error"]
+                r = await http.post("/v1/runs", content=b"[1, 2]")
+                assert r.status_code == 400
+                r = await http.post("/v1/runs/nope/budget", content=b"{}")
+                assert r.status_code == 404
+                r = await http.get("/v1/pool", headers={"Authorization": "Bearer wrong"})
+                assert r.status_code == 401
                 assert "error" in r.json()
                 # The connection is still good for the next call.
                 assert (await http.get("/v1/pool")).status_code == 200
@@ -204,9 +199,10 @@ async def test_client_sets_tcp_nodelay() -> None:
         async with fake_agents(nursery, 1) as agents:
             client = AgentClient(agents[0].url, TOKEN)
             try:
-                response = await client._http.get("/v1/pool")
-                sock = response.extensions["network_stream"].get_extra_info("socket")
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                await client.pool(5.0)
+                # The call's connection went back to the pool, with TCP_NODELAY.
+                (stream,) = client._http._idle
+                assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             finally:
                 await client.aclose()
             nursery.cancel_scope.cancel()

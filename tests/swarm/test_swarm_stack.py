@@ -558,10 +558,25 @@ def _drills(stack: Stack, report: dict[str, Any]) -> None:
     report["charged"] = {"answers": charged, "ledger": INITIAL - int(row["balance"])}
     assert INITIAL - int(row["balance"]) == charged, report["charged"]
 
-    # 8. No sandbox left that its node's agent does not count.
-    time.sleep(3)
-    for node, pool in zip(bed.nodes, stack.pools(), strict=True):
-        levels = pool["languages"]
-        counted = sum(lv["warm"] + lv["starting"] + lv["inFlight"] for lv in levels.values())
-        sandboxes = node.docker("ps", "-aq", "-f", "label=cinch.owner").split()
-        assert len(sandboxes) <= counted, (node.name, sandboxes, levels)
+    # 8. No sandbox left that its node's agent does not count. A teardown still under
+    # way (remove waits for the sandbox's exit) is counted by neither: give it 15 s.
+    deadline = time.monotonic() + 15
+    while True:
+        over = []
+        for node, pool in zip(bed.nodes, stack.pools(), strict=True):
+            levels = pool["languages"]
+            counted = sum(lv["warm"] + lv["starting"] + lv["inFlight"] for lv in levels.values())
+            sandboxes = node.docker(
+                "ps",
+                "-a",
+                "-f",
+                "label=cinch.owner",
+                "--format",
+                '{{.ID}} {{.Status}} {{.Label "cinch.owner"}}',
+            ).splitlines()
+            if len(sandboxes) > counted:
+                over.append((node.name, sandboxes, levels))
+        if not over or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not over, over
