@@ -16,7 +16,15 @@ from typing import Any
 
 import trio
 
-from pool import DockerBackend, DockerClient, LiveSandboxes, SandboxLimits, WarmPool, run_pools
+from pool import (
+    DockerBackend,
+    DockerClient,
+    LiveSandboxes,
+    SandboxLimits,
+    StartSlots,
+    WarmPool,
+    run_pools,
+)
 from pool._images import current_tags
 from pool._setup import CGROUP_NAME, cgroup_parent_for
 from scheduler import Scheduler, SchedulerConfig
@@ -93,7 +101,7 @@ async def open_pools(
         env=config.sandbox_env(),
     )
     live = LiveSandboxes(config.max_sandboxes)
-    start_limiter = trio.CapacityLimiter(config.start_slots())
+    start_limiter = StartSlots(config.start_slots())
     max_sizes = config.pool_max_sizes()
     pools = {
         name: WarmPool(

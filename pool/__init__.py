@@ -21,6 +21,7 @@ from ._packages import Package as Package
 from ._packages import installed_packages as installed_packages
 from ._pool import LiveSandboxes as LiveSandboxes
 from ._pool import PoolStatistics as PoolStatistics
+from ._pool import StartSlots as StartSlots
 from ._pool import WarmPool as WarmPool
 from ._pool import run_pools as run_pools
 from ._protocol import NO_EXTRAS as NO_EXTRAS
@@ -71,6 +72,7 @@ __all__ = [
     "Sandbox",
     "SandboxLimits",
     "SandboxStartError",
+    "StartSlots",
     "WarmPool",
     "container_config",
     "installed_packages",

@@ -7,7 +7,7 @@ times the start time, plus headroom for the 99th percentile of arrivals) between
 arrivals stop; a surplus above the target is destroyed within seconds. The oldest (the head) stays unpaused, so taking it costs nothing;
 the others are paused when ``pause_idle`` is set.  Taking a sandbox unpauses the
 next one and starts a replacement at once.  Starts are limited across pools by a
-shared :class:`trio.CapacityLimiter`, back off after failures, and stop for a
+shared :class:`StartSlots` (the most urgent start first), back off after failures, and stop for a
 while (the circuit breaker) after repeated failures.  Sandboxes older than
 ``max_age_s`` or made from an outdated image are drained and replaced.
 """
@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,62 @@ class LiveSandboxes:
         return int(self.limiter.total_tokens)
 
 
+class StartSlots:
+    """How many sandboxes may start at once, shared by every pool of a host.
+
+    A freed slot goes to the most urgent start waiting for one, asked at the
+    moment the slot frees (each waiter's ``urgency()``; the larger wins, the
+    earliest on a tie), not to the first that asked: a start a run is waiting for
+    outranks one that only grows another language's surplus.
+    """
+
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError("at least one start slot")
+        self.total_tokens = total
+        self._used = 0
+        self._seq = 0
+        self._waiters: list[tuple[Callable[[], tuple[float, ...]], int, trio.Event]] = []
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return self._used
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @asynccontextmanager
+    async def slot(self, urgency: Callable[[], tuple[float, ...]]) -> AsyncIterator[None]:
+        if self._used < self.total_tokens and not self._waiters:
+            self._used += 1
+            await trio.lowlevel.checkpoint()
+        else:
+            self._seq += 1
+            entry = (urgency, self._seq, trio.Event())
+            self._waiters.append(entry)
+            try:
+                await entry[2].wait()
+            except BaseException:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+                elif entry[2].is_set():
+                    self._release()  # handed a slot, then cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._waiters:
+            self._used -= 1
+            return
+        best = max(self._waiters, key=lambda e: (e[0](), -e[1]))
+        self._waiters.remove(best)
+        best[2].set()  # the slot passes straight to it: _used is unchanged
+
+
 class WarmPool:
     """Pre-started sandboxes of one language. Start with ``await nursery.start(pool.run)``."""
 
@@ -92,7 +149,7 @@ class WarmPool:
         image: str,
         size: int,
         live: LiveSandboxes,
-        start_limiter: trio.CapacityLimiter,
+        start_limiter: StartSlots,
         pause_idle: bool = True,
         max_age_s: float = 600.0,
         backoff_initial_s: float = 0.5,
@@ -128,6 +185,7 @@ class WarmPool:
         self._unpausing: dict[str, trio.Event] = {}
         self._born: dict[str, float] = {}
         self._starting = 0
+        self._in_slot = 0  # starts holding a start slot (the rest wait for one)
         self._waiting = 0
         self._changed = trio.Event()
         self._wake_refill = trio.Event()
@@ -392,6 +450,16 @@ class WarmPool:
         for_waiters = min(unserved, slots - self._starting)
         return max(self._deficit(), for_waiters)
 
+    def _start_urgency(self) -> tuple[float, ...]:
+        """How badly this pool needs its next start (see :class:`StartSlots`): runs
+        waiting beyond what is ready come first, then the pool with the smallest
+        share of its target ready."""
+        # A start that holds a slot counts as ready: it is about to be (and a slot
+        # frees before its sandbox joins the ready ones).
+        have = len(self._ready) + self._in_slot
+        unserved = max(self._waiting, self._queued) - have
+        return (1.0 if unserved > 0 else 0.0, -have / max(1, self.size))
+
     def _shrink(self) -> None:
         """Destroy ready sandboxes above the target once the surplus has lasted."""
         surplus = len(self._ready) - self.size
@@ -452,9 +520,12 @@ class WarmPool:
 
     async def _start_one(self, token: object) -> None:
         sandbox: Sandbox | None = None
+        in_slot = False
         try:
             asked = trio.current_time()
-            async with self._start_limiter:
+            async with self._start_limiter.slot(self._start_urgency):
+                self._in_slot += 1
+                in_slot = True
                 t0 = trio.current_time()
                 sandbox = await self._backend.start_sandbox(self.language, self.image)
                 elapsed = trio.current_time() - t0
@@ -507,6 +578,8 @@ class WarmPool:
             raise
         finally:
             self._starting -= 1
+            if in_slot:
+                self._in_slot -= 1
             self._kick()
 
     async def _age_loop(self) -> None:

@@ -13,7 +13,7 @@ import trio_asyncio
 
 from api import Config, create_app
 from api._store import Store
-from pool import LiveSandboxes, WarmPool
+from pool import LiveSandboxes, StartSlots, WarmPool
 from pool.testing import FakeBackend
 from scheduler import Scheduler, SchedulerConfig
 
@@ -57,7 +57,7 @@ async def app_env(database_url: str, tmp_path: Path) -> AsyncIterator[AppEnv]:
     )
     backend = FakeBackend(start_delay_s=0.01)
     live = LiveSandboxes(8)
-    limiter = trio.CapacityLimiter(2)
+    limiter = StartSlots(2)
     pools = {
         name: WarmPool(
             backend,

@@ -23,7 +23,7 @@ from api._agent import PushedBudget, create_agent_app, serve_agent
 from api._remote import AgentClient
 from api._routing import Router, RouterConfig
 from api._wire import LEVELS_HEADER, Levels
-from pool import LiveSandboxes, WarmPool
+from pool import LiveSandboxes, StartSlots, WarmPool
 from pool.testing import FakeBackend
 from scheduler import NoCapacity, RunRequest, Scheduler, SchedulerConfig, Termination
 
@@ -52,7 +52,7 @@ async def fake_agents(
         backend = FakeBackend(start_delay_s=0.01)
         backend._n = 100_000 * i  # sandbox ids unique across agents
         live = LiveSandboxes(16)
-        limiter = trio.CapacityLimiter(2)
+        limiter = StartSlots(2)
         pools = {
             name: WarmPool(
                 backend,

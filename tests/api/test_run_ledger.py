@@ -459,7 +459,7 @@ def _proxied(url: str, port: int) -> tuple[str, str]:
 
 async def test_a_lost_commit_acknowledgement_is_charged_once(database_url, tmp_path):
     from api import Config, create_app
-    from pool import LiveSandboxes, WarmPool
+    from pool import LiveSandboxes, StartSlots, WarmPool
     from pool.testing import FakeBackend
     from scheduler import Scheduler, SchedulerConfig
 
@@ -476,7 +476,7 @@ async def test_a_lost_commit_acknowledgement_is_charged_once(database_url, tmp_p
                 image="fake",
                 size=1,
                 live=LiveSandboxes(4),
-                start_limiter=trio.CapacityLimiter(2),
+                start_limiter=StartSlots(2),
             )
             for name in ("python", "javascript")
         }

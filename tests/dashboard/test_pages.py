@@ -20,7 +20,7 @@ import trio_asyncio
 from api import Config, create_app
 from api._dashboard import RUNS_PAGE, dashboard_blueprints
 from api._store import Store
-from pool import LiveSandboxes, WarmPool
+from pool import LiveSandboxes, StartSlots, WarmPool
 from pool.testing import FakeBackend
 from scheduler import Scheduler, SchedulerConfig
 
@@ -74,7 +74,7 @@ async def _env(database_url: str, tmp_path: Path, **settings: Any) -> AsyncItera
     )
     backend = FakeBackend(start_delay_s=0.01)
     live = LiveSandboxes(8)
-    limiter = trio.CapacityLimiter(2)
+    limiter = StartSlots(2)
     pools = {
         name: WarmPool(
             backend, language=name, image="fake", size=1, live=live, start_limiter=limiter

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import trio
 import trio.testing
 
-from pool import LiveSandboxes, WarmPool
+from pool import LiveSandboxes, StartSlots, WarmPool
 from pool.testing import FakeBackend, FakeSandbox
 
 
@@ -69,7 +69,7 @@ async def full_pool(backend: NotifyingBackend, size: int = 3) -> AsyncIterator[W
         image="img:1",
         size=size,
         live=LiveSandboxes(24),
-        start_limiter=trio.CapacityLimiter(2),
+        start_limiter=StartSlots(2),
         pause_idle=True,
     )
     async with trio.open_nursery() as nursery:

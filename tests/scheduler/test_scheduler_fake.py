@@ -20,7 +20,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pool import LiveSandboxes, WarmPool
+from pool import LiveSandboxes, StartSlots, WarmPool
 from pool.testing import FakeBackend, FakeSandbox
 from scheduler import (
     NoCapacity,
@@ -93,7 +93,7 @@ async def running(
         image="img:1",
         size=size,
         live=LiveSandboxes(live_total),
-        start_limiter=trio.CapacityLimiter(start_concurrency),
+        start_limiter=StartSlots(start_concurrency),
         # Pausing is on unless a test says otherwise: several tests are about it.
         **{"pause_idle": True, **(pool_kw or {})},
     )

@@ -11,7 +11,8 @@ round robin for postgres, per-node published ports for the API and a plain
 overlay (``deploy/swarm/deploy`` says so).
 
 The drills run under a steady paced load through both API replicas: a rolling
-``docker service update --force`` of the agents, a node's engine restarting,
+``docker service update --force`` of the agents, a node's engine restarting, a
+``kill -9`` of a node's agent,
 the database service down for 10 s, a 20 s partition of one node, 200 requests
 at once.  Each is reported (requests failed, time to route around); at the end
 the ledger is checked in SQL inside the cluster: every balance is the sum of
@@ -489,6 +490,23 @@ def _drills(stack: Stack, report: dict[str, Any]) -> None:
         time.sleep(2)
     report["engine_restart_load"] = load.summary()
     _only_200_and_503(load.replies)
+
+    # 3b. kill -9 of a node's agent under load: Swarm restarts the task; the new agent
+    # removes the sandboxes its predecessor left (their instance's data dir survives).
+    node2 = bed.nodes[1]
+    node2_url = stack.agents[1]
+    (container,) = [c for n, c in stack.tasks("agent") if n is node2]
+    with Load(stack) as load:
+        time.sleep(2)
+        t_kill = time.monotonic()
+        node2.docker("kill", "--signal", "KILL", container)
+        _, t_routed = _out_of_routing(stack, node2_url, 10)
+        report["agent_kill_routed_around_s"] = round(t_routed - t_kill, 2)
+        report["agent_kill_back_s"] = round(_wait_agents_up(stack, 120), 1)
+        time.sleep(2)
+    report["agent_kill_load"] = load.summary()
+    _only_200_and_503(load.replies)
+    assert t_routed - t_kill <= 1.0, report["agent_kill_routed_around_s"]
 
     # 4. The database service down for 10 s under load.
     db = f"{stack.name}_postgres"
