@@ -118,15 +118,13 @@ async def serve(
     async def accept_loop(listener: trio.SocketListener) -> None:
         async with listener:
             while True:
-                await slots.acquire_on_behalf_of(listener)  # a token per accept below
+                token = object()  # this connection's slot, held from before its accept
+                await slots.acquire_on_behalf_of(token)
                 try:
                     stream = await listener.accept()
                 except BaseException:
-                    slots.release_on_behalf_of(listener)
+                    slots.release_on_behalf_of(token)
                     raise
-                token = object()
-                slots.release_on_behalf_of(listener)
-                slots.acquire_on_behalf_of_nowait(token)
                 nursery.start_soon(_connection, stream, handler, limits, slots, token)
 
     async with trio.open_nursery() as nursery:
@@ -161,6 +159,10 @@ async def _connection(
                 conn.start_next_cycle()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+    except Exception:
+        # A bug in one connection (a streamed body that raised, a framing error of
+        # ours) closes that connection, never the server.
+        log.exception("HTTP connection failed")
     finally:
         slots.release_on_behalf_of(token)
 
@@ -187,35 +189,36 @@ async def _serve_one(
         if idle.cancelled_caught or not data:
             return False
     try:
+        # The head within the time-out; then the body may take as long as it keeps
+        # arriving (each piece within the time-out: a big upload on a slow link is fine).
         with trio.fail_after(limits.header_timeout_s):
             event = await _next_event(stream, conn)
-            if isinstance(event, h11.ConnectionClosed):
-                return False
-            if not isinstance(event, h11.Request):
-                return False
-            head = event
-            length = _content_length(head)
-            if length is not None and length > limits.max_body_bytes:
-                await _send_simple(
-                    stream, conn, 413, {"error": "request body too large"}, close=True
-                )
-                return False
-            chunks: list[bytes] = []
-            size = 0
-            while True:
+        if isinstance(event, h11.ConnectionClosed):
+            return False
+        if not isinstance(event, h11.Request):
+            return False
+        head = event
+        length = _content_length(head)
+        if length is not None and length > limits.max_body_bytes:
+            await _send_simple(stream, conn, 413, {"error": "request body too large"}, close=True)
+            return False
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            with trio.fail_after(limits.header_timeout_s):
                 event = await _next_event(stream, conn)
-                if isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > limits.max_body_bytes:
-                        await _send_simple(
-                            stream, conn, 413, {"error": "request body too large"}, close=True
-                        )
-                        return False
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limits.max_body_bytes:
+                    await _send_simple(
+                        stream, conn, 413, {"error": "request body too large"}, close=True
+                    )
                     return False
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return False
     except h11.RemoteProtocolError as exc:
         with suppress(h11.LocalProtocolError):
             await _send_simple(stream, conn, exc.error_status_hint, {"error": str(exc)}, close=True)

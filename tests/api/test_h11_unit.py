@@ -181,3 +181,56 @@ async def test_a_server_that_never_answers_times_out_as_connected() -> None:
             await client.request("GET", "/", timeout_s=0.3)
         assert info.value.connected is True
         nursery.cancel_scope.cancel()
+
+
+async def test_a_body_that_keeps_arriving_may_take_longer_than_the_header_time_out() -> None:
+    async with trio.open_nursery() as nursery:
+        host, port = await _start(nursery, echo, ServerLimits(header_timeout_s=0.3))
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+        for _ in range(5):  # 1 s in all, never 0.3 s without a byte
+            await trio.sleep(0.2)
+            await stream.send_all(b"x" * 10)
+        with trio.fail_after(5):
+            data = await stream.receive_some(4096)
+        assert data.startswith(b"HTTP/1.1 200")
+        assert b'"n":50' in data
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_streamed_answer_that_raises_closes_its_connection_not_the_server() -> None:
+    async def handler(request: Request) -> Response:
+        if request.path == "/bad":
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b"part\n"
+                raise RuntimeError("bug in a body")
+
+            return Response(200, body())
+        return await echo(request)
+
+    async with trio.open_nursery() as nursery:
+        host, port = await _start(nursery, handler)
+        client = Client(host, port)
+        with pytest.raises(HttpError):
+            async with client.stream("GET", "/bad") as response:
+                await response.read()
+        status, _, _ = await client.request("GET", "/fine")
+        assert status == 200
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_connections_past_the_cap_wait_for_a_free_one() -> None:
+    async with trio.open_nursery() as nursery:
+        host, port = await _start(nursery, echo, ServerLimits(max_connections=1))
+        first, second = Client(host, port), Client(host, port)
+        assert (await first.request("GET", "/"))[0] == 200  # its connection stays open
+        with trio.move_on_after(0.3) as waited:
+            await second.request("GET", "/")
+        assert waited.cancelled_caught  # not accepted while the first holds the slot
+        await first.aclose()
+        assert (await second.request("GET", "/"))[0] == 200
+        await second.aclose()
+        nursery.cancel_scope.cancel()
