@@ -39,6 +39,7 @@ log = logging.getLogger("cinch.h11")
 
 RECEIVE_BYTES = 65536
 MAX_HEADER_BYTES = 64 * 1024
+MAX_IDLE_S = 30.0  # a client's idle connection is not reused after this (servers keep 75 s)
 
 
 class HttpError(Exception):
@@ -425,19 +426,21 @@ class Client:
         self._headers = list(headers)
         self._connect_timeout_s = connect_timeout_s
         self._max_idle = max_idle
-        self._idle: list[trio.SocketStream] = []
+        self._idle: list[tuple[trio.SocketStream, float]] = []  # (stream, idle since)
         self._closed = False
 
     async def aclose(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
-        for stream in idle:
+        for stream, _ in idle:
             await stream.aclose()
 
     async def _connection(self) -> tuple[trio.SocketStream, bool]:
         while self._idle:
-            stream = self._idle.pop()
-            if _still_open(stream):
+            stream, since = self._idle.pop()
+            # Well before the server's own keep-alive time-out, so that it never closes
+            # a connection just as a request goes out on it.
+            if trio.current_time() - since < MAX_IDLE_S and _still_open(stream):
                 return stream, True
             await stream.aclose()
         try:
@@ -515,7 +518,7 @@ class Client:
             )
         finally:
             if keep:
-                self._idle.append(stream)
+                self._idle.append((stream, trio.current_time()))
             else:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()

@@ -234,3 +234,21 @@ async def test_connections_past_the_cap_wait_for_a_free_one() -> None:
         assert (await second.request("GET", "/"))[0] == 200
         await second.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import api._h11
+
+    async with trio.open_nursery() as nursery:
+        host, port = await _start(nursery, echo)
+        client = Client(host, port)
+        await client.request("GET", "/")
+        ((first, _),) = client._idle
+        await client.request("GET", "/")
+        assert client._idle[0][0] is first  # fresh: reused
+        monkeypatch.setattr(api._h11, "MAX_IDLE_S", 0.0)
+        await client.request("GET", "/")
+        ((second, _),) = client._idle
+        assert second is not first  # too old: closed, and a new one made
+        await client.aclose()
+        nursery.cancel_scope.cancel()

@@ -201,7 +201,7 @@ async def test_client_sets_tcp_nodelay() -> None:
             try:
                 await client.pool(5.0)
                 # The call's connection went back to the pool, with TCP_NODELAY.
-                (stream,) = client._http._idle
+                ((stream, _),) = client._http._idle
                 assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             finally:
                 await client.aclose()
