@@ -172,7 +172,8 @@ class AgentApp:
         if path == POOL_PATH:
             if method != "GET":
                 return _json({"error": "method not allowed"}, 405, state)
-            return _json(state.levels().to_json(), 200, state)
+            levels = state.levels()  # once: the body and the header are the same
+            return json_response(levels.to_json(), 200, [(LEVELS_HEADER, levels.header())])
         if path == RUNS_PATH:
             if method != "POST":
                 return _json({"error": "method not allowed"}, 405, state)

@@ -1,8 +1,8 @@
 """The two roles of many hosts: ``cinch agent`` (one per host) and ``cinch api`` (N replicas).
 
 ``cinch agent``: trio.run -> engine checks -> warm pools + Scheduler
-(``open_pools``, as ``cinch serve``) -> the agent app (``_agent``) on
-hypercorn.  No database.  SIGTERM: report ``draining`` (routers stop sending),
+(``open_pools``, as ``cinch serve``) -> the agent's handler (``_agent``) on
+the lean HTTP/1.1 server of ``_h11``.  No database.  SIGTERM: report ``draining`` (routers stop sending),
 let runs in flight finish, destroy the pools, exit.
 
 ``cinch api``: trio.run -> trio-asyncio loop -> the shared PostgreSQL ->
