@@ -110,8 +110,9 @@ class StartSlots:
     @asynccontextmanager
     async def slot(self, urgency: Callable[[], tuple[float, ...]]) -> AsyncIterator[None]:
         if self._used < self.total_tokens and not self._waiters:
+            # Cancelled now, we took nothing; no checkpoint between the take and the try.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._used += 1
-            await trio.lowlevel.checkpoint()
         else:
             self._seq += 1
             entry = (urgency, self._seq, trio.Event())

@@ -164,3 +164,15 @@ async def test_a_cancelled_wait_for_a_start_slot_leaks_nothing(autojump_clock):
     assert order == ["a", "b"]
     assert slots.borrowed_tokens == 0
     assert slots.waiting == 0
+
+
+async def test_a_start_cancelled_before_it_takes_a_free_slot_leaks_nothing() -> None:
+    slots = StartSlots(1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        async with slots.slot(lambda: (0.0,)):
+            raise AssertionError("a cancelled start must not get a slot")
+    assert slots.borrowed_tokens == 0
+    async with slots.slot(lambda: (0.0,)):
+        assert slots.borrowed_tokens == 1
+    assert slots.borrowed_tokens == 0
