@@ -4,8 +4,8 @@ Why the Poisson tail is what it is: the runs that wait are the ones that find
 their pool empty. This sends ``print(2 + 2)`` at Poisson arrivals (``--rate``
 per second, 70% Python / 30% Node, a fixed seed so that two runs get the same
 arrivals: an A/B of two builds), never waiting for the pools, on the scheduler
-and pools ``cinch serve`` wires (minimum 2 warm per language, the configured
-maximum), and samples every pool each 0.25 s: ready, starting (in a start slot
+and pools ``cinch serve`` wires (``--minimum`` warm per language, default 2
+and 2 as ``cinch serve``; the configured maximum), and samples every pool each 0.25 s: ready, starting (in a start slot
 or waiting for one), target, arrival rate, start and replacement estimates.
 
 Prints per language p50/p90/p99 of the whole run, the runs that waited more
@@ -38,7 +38,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-async def trace(rate: float, seconds: float, seed: int) -> None:
+async def trace(rate: float, seconds: float, seed: int, minimum: tuple[int, int]) -> None:
     config = Config.from_env()
     owner = "cinch-pooltrace-" + secrets.token_hex(3)
     client = TimedClient(socket_path_from_env())
@@ -52,7 +52,7 @@ async def trace(rate: float, seconds: float, seed: int) -> None:
             owner=owner,
             images=current_tags(),
             runtimes=config.runtimes(),
-            pool_sizes={"python": 2, "javascript": 2},
+            pool_sizes={"python": minimum[0], "javascript": minimum[1]},
             start_concurrency=config.start_concurrency,
             max_sandboxes=config.max_sandboxes,
             cgroup_parent=cgroup_parent,
@@ -98,7 +98,11 @@ async def trace(rate: float, seconds: float, seed: int) -> None:
     finally:
         async with TimedClient(socket_path_from_env()) as c:
             await remove_owned(c, owner)
-    print(f"Poisson {rate}/s for {seconds:g} s (seed {seed}), scheduler level, never waiting:")
+    print(
+        f"Poisson {rate}/s for {seconds:g} s (seed {seed}), scheduler level, never waiting; "
+        f"minimum warm {minimum[0]} Python, {minimum[1]} Node, maximum as configured "
+        f"(CINCH_POOL_MAX_*):"
+    )
     for language in ("python", "javascript"):
         ok = sorted(x[1] for x in samples if x[0] == language and x[1] >= 0)
         waited = [x for x in samples if x[0] == language and x[2] > WAITED_MS]
@@ -121,10 +125,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.6, help="arrivals per second")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--minimum", default="2,2", help="warm minimum, Python,Node (cinch serve's default: 2,2)"
+    )
     args = parser.parse_args()
+    try:
+        py, js = (int(x) for x in args.minimum.split(","))
+    except ValueError:
+        parser.error("--minimum is two numbers: PYTHON,NODE")
+    if not (0 <= py <= 32 and 0 <= js <= 32):
+        parser.error("--minimum: 0 to 32 each")
     if not 0 < args.rate <= 20 or not 0 < args.seconds <= 600:
         parser.error("--rate in (0, 20], --seconds in (0, 600]")
-    trio.run(trace, args.rate, args.seconds, args.seed)
+    trio.run(trace, args.rate, args.seconds, args.seed, (py, js))
 
 
 if __name__ == "__main__":

@@ -110,9 +110,12 @@ class StartSlots:
     @asynccontextmanager
     async def slot(self, urgency: Callable[[], tuple[float, ...]]) -> AsyncIterator[None]:
         if self._used < self.total_tokens and not self._waiters:
-            # Cancelled now, we took nothing; no checkpoint between the take and the try.
-            await trio.lowlevel.checkpoint_if_cancelled()
             self._used += 1
+            try:
+                await trio.lowlevel.checkpoint()
+            except BaseException:
+                self._release()  # cancelled right here: give the slot back
+                raise
         else:
             self._seq += 1
             entry = (urgency, self._seq, trio.Event())
