@@ -25,6 +25,22 @@ async def _pool(nursery: trio.Nursery, backend: FakeBackend, **kw: object) -> Wa
     return pool
 
 
+def _sharing(
+    backend: FakeBackend, slots: StartSlots, live: LiveSandboxes, language: str, size: int
+) -> WarmPool:
+    """A pool of ``size`` (minimum and maximum) sharing ``slots`` and ``live`` with others."""
+    return WarmPool(
+        backend,
+        language=language,
+        image="fake",
+        size=size,
+        max_size=size,
+        live=live,
+        start_limiter=slots,
+        pause_idle=False,
+    )
+
+
 async def test_replacement_waits_for_the_run_to_end(autojump_clock):
     backend = FakeBackend(start_delay_s=0.3)
     async with trio.open_nursery() as nursery:
@@ -80,15 +96,7 @@ async def test_a_freed_start_slot_goes_to_the_emptiest_pool_not_the_first_in_lin
     slots = StartSlots(1)
     live = LiveSandboxes(16)
     pools = {
-        name: WarmPool(
-            backend,
-            language=name,
-            image="fake",
-            size=size,
-            live=live,
-            start_limiter=slots,
-            pause_idle=False,
-        )
+        name: _sharing(backend, slots, live, name, size)
         for name, size in (("javascript", 4), ("python", 1))
     }
     async with trio.open_nursery() as nursery:
@@ -109,25 +117,8 @@ async def test_a_start_a_run_waits_for_outranks_another_pools_refill(autojump_cl
     backend = FakeBackend(start_delay_s=1.0)
     slots = StartSlots(1)
     live = LiveSandboxes(16)
-    python = WarmPool(
-        backend,
-        language="python",
-        image="fake",
-        size=1,
-        live=live,
-        start_limiter=slots,
-        pause_idle=False,
-    )
-    node = WarmPool(
-        backend,
-        language="javascript",
-        image="fake",
-        size=2,
-        max_size=2,
-        live=live,
-        start_limiter=slots,
-        pause_idle=False,
-    )
+    python = _sharing(backend, slots, live, "python", 1)
+    node = _sharing(backend, slots, live, "javascript", 2)
     async with trio.open_nursery() as nursery:
         await nursery.start(python.run)
         await nursery.start(node.run)
