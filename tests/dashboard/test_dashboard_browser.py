@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from pangolin import CinchError, Sandbox
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -22,10 +23,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.gvisor, pytest.mark.postgres]
 
 def _load(driver, action) -> None:
     """Do ``action`` (a click that navigates) and wait until the next page has loaded."""
-    old = driver.find_element(By.TAG_NAME, "html")
+    # A mark on the old page's window, not a reference to one of its elements: while the
+    # page is replaced, chromedriver can answer an element check with a generic "Node with
+    # given id does not belong to the document" instead of a stale-element error. A new
+    # document gets a new window object without the mark.
+    driver.execute_script("window.__cinchOldPage = true")
     action()
-    wait = WebDriverWait(driver, 30)
-    wait.until(expected_conditions.staleness_of(old))
+    wait = WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,))
+    wait.until(lambda d: d.execute_script("return window.__cinchOldPage !== true"))
     wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 

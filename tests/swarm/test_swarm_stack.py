@@ -320,6 +320,26 @@ def _wait_agents_up(stack: Stack, timeout_s: float) -> float:
     return time.monotonic() - t0
 
 
+def _kill_agent(stack: Stack, node: Node) -> float:
+    """``docker kill --signal KILL`` of the node's agent container; when it was killed.
+
+    The container listed may have just been replaced by Swarm (a task that stopped after
+    the last drill): then the kill finds it not running, and the new one is listed and killed.
+    """
+    for _ in range(10):
+        (container,) = [c for n, c in stack.tasks("agent") if n is node]
+        t_kill = time.monotonic()
+        try:
+            node.docker("kill", "--signal", "KILL", container)
+        except RuntimeError as exc:  # testbed.sh: the command failed
+            if "is not running" not in str(exc):
+                raise
+            _wait_agents_up(stack, 120)
+            continue
+        return t_kill
+    raise AssertionError("the agent's container never stayed up long enough to be killed")
+
+
 def _only_200_and_503(replies: list[Reply]) -> None:
     for r in replies:
         assert r.status in (200, 503), (r.status, r.body)
@@ -495,11 +515,10 @@ def _drills(stack: Stack, report: dict[str, Any]) -> None:
     # removes the sandboxes its predecessor left (their instance's data dir survives).
     node2 = bed.nodes[1]
     node2_url = stack.agents[1]
-    (container,) = [c for n, c in stack.tasks("agent") if n is node2]
+    _wait_agents_up(stack, 120)
     with Load(stack) as load:
         time.sleep(2)
-        t_kill = time.monotonic()
-        node2.docker("kill", "--signal", "KILL", container)
+        t_kill = _kill_agent(stack, node2)
         _, t_routed = _out_of_routing(stack, node2_url, 10)
         report["agent_kill_routed_around_s"] = round(t_routed - t_kill, 2)
         report["agent_kill_back_s"] = round(_wait_agents_up(stack, 120), 1)
