@@ -91,7 +91,13 @@ class _PoolCollector(Collector):
             "Total time spent starting sandboxes",
             labels=["language"],
         )
+        utilization = GaugeMetricFamily(
+            "cinch_start_slots_utilization",
+            "Share of the sandbox start slots that the arrivals keep busy (each run "
+            "consumes its sandbox); the warm targets grow steeply as it nears 1",
+        )
         stats = self._scheduler.statistics()
+        shared_utilization = 0.0
         for language in self._scheduler.languages:
             s = self._scheduler.pool(language).statistics()
             min_size.add_metric([language], s.min_size)
@@ -110,6 +116,8 @@ class _PoolCollector(Collector):
             starts.add_metric([language], s.started_total)
             failures.add_metric([language], s.start_failures_total)
             start_seconds.add_metric([language], s.start_seconds_sum)
+            shared_utilization = s.start_utilization  # the pools share the slots
+        utilization.add_metric([], shared_utilization)
         in_flight = GaugeMetricFamily("cinch_runs_in_flight", "Runs executing now")
         in_flight.add_metric([], stats.in_flight)
         queued = GaugeMetricFamily("cinch_runs_queued", "Runs waiting for a sandbox")
@@ -137,6 +145,7 @@ class _PoolCollector(Collector):
             shrunk,
             queued_lang,
             predicted,
+            utilization,
         )
         yield from (in_flight, queued, rejected, warm_hits, waited)
 

@@ -1,8 +1,8 @@
 """Warm pools: pre-started sandboxes per language, the head kept ready.
 
 A :class:`WarmPool` keeps a target number of sandboxes of one language started,
-attached and ready. The target follows demand (Little's law: the arrival rate
-times the start time, plus headroom for the 99th percentile of arrivals) between
+attached and ready. The target follows demand (the arrival rate times the start time, and the
+queue the starts form for the shared slots: enough for 99% of runs) between
 ``size`` (the minimum) and ``max_size``, and decays back to the minimum when
 arrivals stop; a surplus above the target is destroyed within seconds. The oldest (the head) stays unpaused, so taking it costs nothing;
 the others are paused when ``pause_idle`` is set.  Taking a sandbox unpauses the
@@ -31,7 +31,12 @@ log = logging.getLogger("cinch.pool")
 
 # Demand-following targets (see _Demand).
 RATE_TAU_S = 5.0  # time constant of the arrival-rate estimate
-DEMAND_Z = 2.33  # the normal quantile of 99%: the target covers 99% of start windows
+ONSET_IDLE_S = 2 * RATE_TAU_S  # a gap this long between arrivals starts a new onset
+ONSET_WINDOW_S = 3 * RATE_TAU_S  # the onset estimate counts this long, then the smoothed one
+ONSET_MIN_S = 1.0  # the onset estimate's shortest window (one second of arrivals)
+MISS_TARGET = 0.01  # the target aims to find a warm sandbox for 99% of runs
+IDLE_MEAN = 0.05  # fewer arrivals than this per start time: the pool is idle (the minimum)
+BUSY_UTILIZATION = 0.95  # start slots this busy: hold the maximum
 DEFAULT_START_ESTIMATE_S = 0.6  # until the first start is measured
 START_ALPHA = 0.2
 SHRINK_AFTER_S = 2.0  # a surplus above the target lasting this long is destroyed
@@ -65,6 +70,8 @@ class PoolStatistics:
     replace_estimate_s: float = 0.0
     shrunk_total: int = 0
     queued: int = 0
+    # The share of the (shared) start slots that every pool's arrivals keep busy.
+    start_utilization: float = 0.0
 
 
 class LiveSandboxes:
@@ -98,6 +105,12 @@ class StartSlots:
         self._used = 0
         self._seq = 0
         self._waiters: list[tuple[Callable[[], tuple[float, ...]], int, trio.Event]] = []
+        self._demands: list[_Demand] = []
+
+    def utilization(self) -> float:
+        """The share of the slots that the arrivals keep busy: every run consumes its
+        sandbox, so every arrival, of any pool sharing these slots, costs one start."""
+        return sum(d.rate() * d.start_s for d in self._demands) / self.total_tokens
 
     @property
     def borrowed_tokens(self) -> int:
@@ -168,7 +181,7 @@ class WarmPool:
         self.image = image
         self.min_size = size
         self.max_size = max(size, size if max_size is None else max_size)
-        self._demand = _Demand()
+        self._demand = _Demand(start_limiter)
         self._shrink_after_s = shrink_after_s
         self._surplus_since: float | None = None
         self._shrunk = 0
@@ -254,6 +267,7 @@ class WarmPool:
             replace_estimate_s=self._demand.replace_s,
             shrunk_total=self._shrunk,
             queued=self._queued,
+            start_utilization=self._start_limiter.utilization(),
         )
 
     @property
@@ -604,22 +618,45 @@ class WarmPool:
 
 
 class _Demand:
-    """The arrival rate (decaying exponentially) and the start time, for the target."""
+    """The arrival rate and the start time of one pool, and the target they call for.
 
-    def __init__(self) -> None:
+    The rate is smoothed exponentially (``RATE_TAU_S``). That estimate lags a load
+    that begins after idle: after t seconds it has reached 1 - exp(-t / tau) of the
+    rate, a third after 2 s. So for the first ``ONSET_WINDOW_S`` after a gap of
+    ``ONSET_IDLE_S`` the rate is also counted directly (arrivals after the first,
+    over the time since it, at least ``ONSET_MIN_S``), and the larger counts. A
+    single arrival after idle counts nothing: a sparse caller's run does not make
+    the pool start sandboxes it would destroy unused.
+    """
+
+    def __init__(self, slots: StartSlots | None = None) -> None:
         self._rate = 0.0
-        self._at = 0.0
+        self._at = -math.inf
+        self._onset_at = -math.inf
+        self._onset_n = 0
         self.start_s = DEFAULT_START_ESTIMATE_S
         self.replace_s = DEFAULT_START_ESTIMATE_S
         self._starts = 0
+        self._slots = slots
+        if slots is not None:
+            slots._demands.append(self)
 
     def rate(self) -> float:
-        """Arrivals per second, smoothed over ``RATE_TAU_S``."""
-        return self._rate * math.exp(-(trio.current_time() - self._at) / RATE_TAU_S)
+        """Arrivals per second."""
+        now = trio.current_time()
+        smoothed = self._rate * math.exp(-(now - self._at) / RATE_TAU_S)
+        since = now - self._onset_at
+        if self._onset_n < 2 or since > ONSET_WINDOW_S:
+            return smoothed
+        return max(smoothed, (self._onset_n - 1) / max(since, ONSET_MIN_S))
 
     def note_arrival(self) -> None:
-        self._rate = self.rate() + 1.0 / RATE_TAU_S
-        self._at = trio.current_time()
+        now = trio.current_time()
+        if now - self._at > ONSET_IDLE_S:
+            self._onset_at, self._onset_n = now, 0
+        self._onset_n += 1
+        self._rate = self._rate * math.exp(-(now - self._at) / RATE_TAU_S) + 1.0 / RATE_TAU_S
+        self._at = now
 
     def note_start(self, seconds: float, replace_seconds: float | None = None) -> None:
         """One start took ``seconds``; ``replace_seconds`` with its wait for a start slot."""
@@ -634,16 +671,41 @@ class _Demand:
             self.replace_s += START_ALPHA * (replace - self.replace_s)
 
     def target(self, minimum: int, maximum: int) -> int:
-        # Little's law: on average rate x replacement time sandboxes are taken while
-        # one replacement comes (its start, and under load its wait for a start
-        # slot, which is most of the difference between an idle and a busy
-        # machine). Arrivals are bursty (Poisson at best), so hold enough for the
-        # 99th percentile of that count, not its mean: mean + z * sqrt(mean).
-        mean = self.rate() * self.replace_s
-        if mean < 0.05:
+        """The fewest ready sandboxes that leave at most ``MISS_TARGET`` of runs
+        without one, by the larger of two bounds, within [minimum, maximum].
+
+        Every run consumes its sandbox and asks for a start. While one start runs,
+        more runs come: a Poisson count of mean rate x start time, and the target
+        covers its 99th percentile. Starts also queue for the slots, which every
+        pool's arrivals keep busy (utilization rho): as a queue (M/M/1, one class
+        of several), the starts this pool lacks exceed n with probability q^n, q =
+        rho_pool / (1 - rho + rho_pool), which grows steeply as rho nears 1.
+        """
+        slots = 1 if self._slots is None else self._slots.total_tokens
+        rate = self.rate()
+        if rate * self.start_s < IDLE_MEAN:  # well under one run per start: idle
             return minimum
-        need = math.ceil(mean + DEMAND_Z * math.sqrt(mean))
+        own = rate * self.start_s / slots
+        need = _poisson_quantile(rate * self.start_s, MISS_TARGET, maximum)
+        rho = own if self._slots is None else max(own, self._slots.utilization())
+        if rho >= BUSY_UTILIZATION:
+            need = maximum
+        else:
+            q = own / (1.0 - rho + own)
+            need = max(need, math.ceil(math.log(MISS_TARGET) / math.log(q)))
         return max(minimum, min(maximum, need))
+
+
+def _poisson_quantile(mean: float, tail: float, cap: int) -> int:
+    """The smallest n with P(X >= n) <= tail for X ~ Poisson(mean), at most ``cap``."""
+    term = math.exp(-mean)
+    below = term  # P(X < n) for n = 1
+    n = 1
+    while 1.0 - below > tail and n < cap:
+        term *= mean / n
+        below += term
+        n += 1
+    return n
 
 
 async def run_pools(
