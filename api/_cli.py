@@ -140,9 +140,11 @@ def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_cleanup(config: Config, args: argparse.Namespace) -> int:
     from ._leftovers import remove_owner, survey
+    from ._pools import sandbox_cgroup_parent
 
     async def main(client: Any) -> int:
         owners = await survey(client)
+        cgroup_parent = await sandbox_cgroup_parent(client, config.cgroup_parent)
         if args.owner:
             named = [o for o in owners if o.id == args.owner]
             if not named:
@@ -158,7 +160,7 @@ def cmd_cleanup(config: Config, args: argparse.Namespace) -> int:
                 if args.dry_run:
                     _say(f"would remove {n} container(s) of {o.id}: {o.reason}")
                 else:
-                    total += await remove_owner(client, o.id)
+                    total += await remove_owner(client, o.id, cgroup_parent)
                     _say(f"removed {n} container(s) of {o.id}: {o.reason}")
             else:
                 _say(f"kept {n} container(s) of {o.id} ({o.status}: {o.reason})")

@@ -95,15 +95,19 @@ async def survey(client: DockerClient, *, exclude: str = "") -> list[Owner]:
     return await trio.to_thread.run_sync(_survey_sync, containers, exclude)
 
 
-async def remove_owner(client: DockerClient, owner: str) -> int:
-    """Remove every container of ``owner`` (the caller proved it dead)."""
-    return await DockerBackend(client, owner=owner, runtimes={}).remove_leftovers()
+async def remove_owner(client: DockerClient, owner: str, cgroup_parent: str | None = None) -> int:
+    """Remove every container of ``owner`` (the caller proved it dead), and the CPU
+    group of each (under ``cgroup_parent``, the sandboxes' parent group)."""
+    backend = DockerBackend(client, owner=owner, runtimes={}, cgroup_parent=cgroup_parent)
+    return await backend.remove_leftovers()
 
 
-async def remove_dead(client: DockerClient, *, exclude: str = "") -> dict[str, int]:
+async def remove_dead(
+    client: DockerClient, *, exclude: str = "", cgroup_parent: str | None = None
+) -> dict[str, int]:
     """Remove the containers of every proven-dead owner; ``owner -> containers removed``."""
     removed: dict[str, int] = {}
     for owner in await survey(client, exclude=exclude):
         if owner.status == "dead":
-            removed[owner.id] = await remove_owner(client, owner.id)
+            removed[owner.id] = await remove_owner(client, owner.id, cgroup_parent)
     return removed

@@ -105,10 +105,14 @@ async def serve_agent(
             if not await client.image_exists(tag):
                 raise SetupNeeded(f"image {tag} for {name} is missing; run `cinch setup`")
         cgroup_parent = await sandbox_cgroup_parent(client, config.cgroup_parent)
-        removed = await DockerBackend(client, owner=instance.id, runtimes={}).remove_leftovers()
+        # Their CPU groups too: a group is removed only by whoever removes its container.
+        removed = await DockerBackend(
+            client, owner=instance.id, runtimes={}, cgroup_parent=cgroup_parent
+        ).remove_leftovers()
         if removed:
             log.info("removed %d leftover sandboxes of instance %s", removed, instance.id)
-        for dead, n in (await remove_dead(client, exclude=instance.id)).items():
+        dead_ones = await remove_dead(client, exclude=instance.id, cgroup_parent=cgroup_parent)
+        for dead, n in dead_ones.items():
             log.info("removed %d leftover sandboxes of dead instance %s", n, dead)
         async with open_pools(
             config,

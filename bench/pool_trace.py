@@ -76,6 +76,8 @@ async def trace(rate: float, seconds: float, seed: int, minimum: tuple[int, int]
             async def sampler() -> None:
                 while True:
                     parts = [f"t={trio.current_time() - t0:5.1f}s"]
+                    some = next(iter(wired.pools.values())).statistics()
+                    parts.append(f"slots {some.start_utilization:4.2f} busy")
                     for name, p in wired.pools.items():
                         s = p.statistics()
                         parts.append(

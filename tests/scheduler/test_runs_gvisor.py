@@ -731,11 +731,15 @@ def test_restart_after_kill_9_leaves_no_container_behind(
         # left is what nobody will remove but the next server.
         left = _settled(client, owner)
         assert len(left) >= 2, "the containers went away without clean-up"
+        groups = _sandbox_groups(left)
+        if any(root.is_dir() for root in SANDBOX_GROUP_ROOTS):  # CPU weights are on
+            assert groups, "the sandboxes have no CPU groups to leave behind"
 
         second = start_live_server(database_url, data_dir, **env)
         servers.append(second)
         assert (data_dir / "instance-id").read_text().strip() == owner
         assert left.isdisjoint(_owned(client, owner)), "the old instance's containers remain"
+        assert not [g for g in groups if g.exists()], "their CPU groups remain"
         r = _post_run(second.base_url, key, "print('again')")
         assert r.status_code == 200, r.text
         assert r.json()["stdout"] == "again\n"
@@ -750,6 +754,17 @@ def test_restart_after_kill_9_leaves_no_container_behind(
                 with contextlib.suppress(Exception):
                     client.api.remove_container(cid, force=True)
         client.close()
+
+
+SANDBOX_GROUP_ROOTS = (
+    Path("/sys/fs/cgroup/cinch-sandboxes"),  # cgroup v2
+    Path("/sys/fs/cgroup/cpu/cinch-sandboxes"),  # v1
+)
+
+
+def _sandbox_groups(cids: set[str]) -> list[Path]:
+    """The per-sandbox CPU groups (pool._cgroups) of ``cids`` that exist now."""
+    return [root / cid for root in SANDBOX_GROUP_ROOTS for cid in cids if (root / cid).is_dir()]
 
 
 def _settled(client, owner: str, quiet_s: float = 2.0, timeout_s: float = 30.0) -> set[str]:
