@@ -28,11 +28,12 @@ travel (``cinch api``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import statistics
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -240,6 +241,11 @@ class Router:
     @property
     def admit_budget_s(self) -> float:
         return 0.0
+
+    @contextlib.contextmanager
+    def admitting(self, language: str, tenant: str) -> Iterator[None]:
+        """Nothing to count here: each agent's admission decides."""
+        yield
 
     async def wait_idle(self) -> None:
         await self._idle.wait()

@@ -7,6 +7,7 @@ what to answer.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -328,8 +329,11 @@ async def _run(
         raise ApiError(503, "Cinch is restarting; retry in a moment", headers={"Retry-After": "2"})
     # A key that authenticated lately is refused by its account's place in the
     # queue (its runs already waiting put it further back), still before the
-    # database; any other key by the best case, a new account's run.
-    refused = state.scheduler.refuses(parsed.language, state.key_tenants.get(slot._key_hash))
+    # database; any other key by the best case, a new account's run, behind only
+    # the runs of the same key that are being let in (a tenant of its own until
+    # the database has said whose it is).
+    tenant = state.key_tenants.get(slot._key_hash) or f"key:{slot._key_hash}"
+    refused = state.scheduler.refuses(parsed.language, tenant)
     if refused is not None:
         # Overloaded for everyone: answer before the database round trips.
         queue_budget = state.scheduler.admit_budget_s
@@ -340,7 +344,16 @@ async def _run(
             headers={"Retry-After": str(max(1, math.ceil(refused - queue_budget)))},
         )
     first_hold = HOLD_STEP if parsed.max_credits is None else min(HOLD_STEP, parsed.max_credits)
-    start = await _begin(state, slot._key_hash, run_id, idem, first_hold)
+    # Until the database has answered, this run counts in the predictions as if it
+    # waited: the runs of a burst behind it are refused by their places, here and
+    # at once. Not with an Idempotency-Key: that may be a replay, which takes no place.
+    coming = (
+        state.scheduler.admitting(parsed.language, tenant)
+        if idem is None
+        else contextlib.nullcontext()
+    )
+    with coming:
+        start = await _begin(state, slot._key_hash, run_id, idem, first_hold)
     timing.mark("auth")
     if start.status is Begin.INVALID_KEY:
         state.key_tenants.forget(slot._key_hash)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -64,15 +65,19 @@ class FairQueue:
     def tenants(self) -> int:
         return len(self._by_tenant)
 
-    def position(self, tenant: str) -> int:
+    def position(self, tenant: str, coming: Mapping[str, int] | None = None) -> int:
         """Where a new waiter of ``tenant`` would be served (1 = next).
 
         In round robin it is served in round ``k + 1``, where ``k`` is how many
         of its tenant's runs already wait; every other tenant is served at most
-        that many times before it.
+        that many times before it. ``coming``: more runs per tenant, let in and
+        about to join (counted as if they waited).
         """
-        own = len(self._by_tenant.get(tenant, ()))
-        others = sum(min(len(q), own + 1) for name, q in self._by_tenant.items() if name != tenant)
+        counts = {name: len(q) for name, q in self._by_tenant.items()}
+        for name, n in (coming or {}).items():
+            counts[name] = counts.get(name, 0) + n
+        own = counts.pop(tenant, 0)
+        others = sum(min(n, own + 1) for n in counts.values())
         return others + own + 1
 
     def push(self, waiter: Waiter) -> None:

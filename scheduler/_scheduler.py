@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import signal as signal_mod
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,8 @@ class Scheduler:
         self._nursery: trio.Nursery | None = None
         self._queues = {name: FairQueue() for name in self._pools}
         self._rates = {name: ServiceRate() for name in self._pools}
+        # Runs the caller let in and has not handed to run() yet (see admitting()).
+        self._coming: dict[str, Counter[str]] = {name: Counter() for name in self._pools}
 
     @property
     def accepting(self) -> bool:
@@ -121,8 +124,12 @@ class Scheduler:
     def admit_budget_s(self) -> float:
         return self.config.queue_timeout_s * self.config.admit_fraction
 
-    def predicted_wait_s(self, language: str, tenant: str = "") -> float:
-        """The wait a new run of ``tenant`` would be predicted now (0 with a warm sandbox)."""
+    def predicted_wait_s(self, language: str, tenant: str = "", *, coming: bool = True) -> float:
+        """The wait a new run of ``tenant`` would be predicted now (0 with a warm sandbox).
+
+        ``coming``: count the runs being let in (:meth:`admitting`) as if they waited;
+        not for one of those runs itself, as they may well queue after it.
+        """
         pool = self._pools[language]
         queue = self._queues[language]
         s = pool.statistics()
@@ -134,7 +141,7 @@ class Scheduler:
         # Languages with a backlog share the start slots.
         busy = max(1, sum(1 for q in self._queues.values() if len(q)))
         return predict_wait_s(
-            position=queue.position(tenant),
+            position=queue.position(tenant, self._coming[language] if coming else None),
             ready=s.ready,
             starting=s.starting,
             measured_rate=measured,
@@ -150,10 +157,32 @@ class Scheduler:
         account's run, first in its round). With it: refused for that tenant, whose
         runs already waiting put it further back.
         """
-        if language not in self._pools or not len(self._queues[language]):
+        if language not in self._pools:
+            return None
+        if not len(self._queues[language]) and not self._coming[language]:
             return None
         predicted = self.predicted_wait_s(language, "\0nobody" if tenant is None else tenant)
         return predicted if predicted > self.admit_budget_s else None
+
+    @contextlib.contextmanager
+    def admitting(self, language: str, tenant: str) -> Iterator[None]:
+        """A run the caller let in (``refuses`` said None) and will hand to :meth:`run`
+        when its own work in between is done (the API: a database round trip for
+        the key and the credit hold). Meanwhile predictions count it as if it were
+        queued, under ``tenant``: a burst that arrives at once is refused by the
+        places it will take, not admitted whole before its first run has queued.
+        """
+        coming = self._coming.get(language)
+        if coming is None:
+            yield
+            return
+        coming[tenant] += 1
+        try:
+            yield
+        finally:
+            coming[tenant] -= 1
+            if coming[tenant] <= 0:
+                del coming[tenant]
 
     def _start_slots(self) -> int:
         pool = next(iter(self._pools.values()), None)
@@ -265,7 +294,7 @@ class Scheduler:
         if self._queued >= self.config.queue_max:
             self._counters.rejected["queue_full"] += 1
             raise NoCapacity("too many runs are waiting for a sandbox", retry_after_s=1.0)
-        predicted = self.predicted_wait_s(request.language, request.tenant)
+        predicted = self.predicted_wait_s(request.language, request.tenant, coming=False)
         budget = self.admit_budget_s
         if predicted > budget:
             self._counters.rejected["predicted_wait"] += 1

@@ -285,3 +285,38 @@ async def test_runs_admitted_on_a_wrong_prediction_are_told_early(
         assert all(exc.retry_after_s and exc.retry_after_s >= 1 for _, exc in refused)
         early = s.scheduler.statistics().rejected_total["predicted_late"]
         assert early >= len(refused) - len(late) >= 10
+
+
+async def test_runs_being_let_in_count_before_they_queue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # One warm sandbox, starts of 1 s one at a time, 3 s of admission budget: a
+    # third run at once would wait two loaded starts (4 s). The API lets a run in,
+    # then spends a database round trip before it queues; a burst arriving at once
+    # must be refused by the places its first runs are about to take.
+    backend = CountingBackend()
+    backend.start_delay_s = 1.0
+    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=4) as s:
+        sched = s.scheduler
+        assert sched.refuses("python", "a") is None
+        with sched.admitting("python", "a"):
+            assert sched.refuses("python", "a") is None  # second: one start away
+            with sched.admitting("python", "a"):
+                wait = sched.refuses("python", "a")
+                assert wait is not None and wait > sched.admit_budget_s
+                # Another account is served in the first round: not refused.
+                assert sched.refuses("python", "b") is None
+                assert sched.statistics().predicted_wait_s["python"] > 0
+            assert sched.refuses("python", "a") is None
+        assert sched.refuses("python", "a") is None
+        assert sched.refuses("javascript", "a") is None  # an unknown language: not ours
+        # A run handed over is not refused by those still coming behind it (here the
+        # warm sandbox is busy, so it must queue for the next start).
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sched.run, RunRequest("python", "sleep:5", tenant="z"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert s.pool.statistics().ready == 0
+            with sched.admitting("python", "a"), sched.admitting("python", "a"):
+                assert sched.refuses("python", "a") is not None
+                result = await sched.run(RunRequest("python", "out:x", tenant="a"))
+                assert result.stdout == "x"
