@@ -332,7 +332,7 @@ async def _run(
     # database; any other key by the best case, a new account's run, behind only
     # the runs of the same key that are being let in (a tenant of its own until
     # the database has said whose it is).
-    tenant = state.key_tenants.get(slot._key_hash) or f"key:{slot._key_hash}"
+    tenant = state.key_tenants.get(slot._key_hash) or f"key:{slot._key_hash.hex()}"
     refused = state.scheduler.refuses(parsed.language, tenant)
     if refused is not None:
         # Overloaded for everyone: answer before the database round trips.
