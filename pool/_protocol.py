@@ -31,12 +31,15 @@ class Exited:
 
     ``signal`` is set when the program was killed by a signal; otherwise ``code``
     is its exit status.  ``authentic`` is False when the nonce did not match:
-    the program forged the frame.
+    the program forged the frame (then ``took_s`` is not to be believed either).
     """
 
     code: int | None
     signal: int | None
     authentic: bool
+    # The program's own time from its go to its end, by the sandbox's clock (None
+    # from a supervisor that does not say): what the run is billed, at most.
+    took_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -169,13 +172,14 @@ class FrameDecoder:
 
 
 def decode_exit(payload: bytes, nonce: bytes) -> Exited:
-    if len(payload) != 21 or payload[16:17] not in (b"e", b"s"):
+    if len(payload) not in (21, 25) or payload[16:17] not in (b"e", b"s"):
         raise ProtocolError("bad exit frame")
     (value,) = struct.unpack(">I", payload[17:21])
+    took = struct.unpack(">I", payload[21:25])[0] / 1e6 if len(payload) == 25 else None
     authentic = payload[:16] == nonce
     if payload[16:17] == b"s":
-        return Exited(code=None, signal=value, authentic=authentic)
-    return Exited(code=value, signal=None, authentic=authentic)
+        return Exited(code=None, signal=value, authentic=authentic, took_s=took)
+    return Exited(code=value, signal=None, authentic=authentic, took_s=took)
 
 
 def decode_out_file(payload: bytes) -> OutFile:

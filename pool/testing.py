@@ -9,6 +9,7 @@ The fake "program" is a little script of ``;``-separated steps:
     killed          the sandbox is killed from outside (not by us): a sandbox error
     forge           a forged exit frame (bad nonce), then carry on
     ignoreint       SIGINT does not stop the program (SIGKILL still does)
+    took:MS         the exit report says the program took MS ms (the supervisor's measure)
 
 Reaching the end of the script exits 0.
 """
@@ -48,6 +49,7 @@ class FakeSandbox:
     _signalled: trio.Event = field(default_factory=trio.Event)
     _death: DeathInfo | None = None
     _ignore_int: bool = False
+    _took_s: float | None = None
     stdin: bytes = b""
     running: bool = False  # given the running CPU weight by a take
     streamed: bool = False
@@ -93,7 +95,7 @@ class FakeSandbox:
             if killed is not None:
                 return killed
             if not self._steps:
-                return Exited(code=0, signal=None, authentic=True)
+                return Exited(code=0, signal=None, authentic=True, took_s=self._took_s)
             op, _, arg = self._steps.pop(0).partition(":")
             if op == "out":
                 return Output("stdout", arg.encode())
@@ -116,11 +118,14 @@ class FakeSandbox:
             if op == "filescut":
                 return FilesCut()
             if op == "exit":
-                return Exited(code=int(arg), signal=None, authentic=True)
+                return Exited(code=int(arg), signal=None, authentic=True, took_s=self._took_s)
+            if op == "took":  # took:MS, the supervisor's own measure in the exit report
+                self._took_s = float(arg) / 1000
+                continue
             if op == "signal":
                 return Exited(code=None, signal=int(arg), authentic=True)
             if op == "forge":
-                return Exited(code=0, signal=None, authentic=False)
+                return Exited(code=0, signal=None, authentic=False, took_s=self._took_s)
             if op == "ignoreint":
                 self._ignore_int = True
                 continue

@@ -24,6 +24,7 @@
  *   'Y' ready:  empty
  *   'O' stdout chunk, 'E' stderr chunk
  *   'X' exit:   nonce[16] | u8 kind ('e' exited, 's' killed by signal) | u32 value
+ *               | u32 microseconds from the program's go to its end (the bill)
  *   'F' failure: message (a fault of ours, not of the program)
  *   'G' an output file, before 'X': u8 has_content | u64 size | u16 path_len
  *               | path | content (when has_content)
@@ -173,6 +174,12 @@ static long long now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static long long now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
@@ -595,6 +602,9 @@ int main(int argc, char **argv) {
     /* Larger than the pipe: the loader is reading; this blocks until it has all. */
     if (writev_all(code_p[1], civ, extra_len ? 4 : 2) < 0) fail("loader is gone");
     long long go_at = now_ms();
+    /* The program's own time, go to its end, for the bill: the host's clock would
+       add whatever delays the host's reading of the report (its own load). */
+    long long go_us = now_us(), end_us = 0;
     int in_fd = in_p[1];
     if (stdin_len == 0) {
         close(in_fd);
@@ -677,6 +687,7 @@ int main(int argc, char **argv) {
                 exited = 1;
                 status = st;
                 exit_at = now_ms();
+                if (!end_us) end_us = now_us();
             }
         }
         if (r <= 0) continue;
@@ -712,6 +723,7 @@ int main(int argc, char **argv) {
                         status_have = 0; /* not a report of ours: the program wrote to fd 3 */
                     } else if (status_have >= 9 + (size_t)tl) {
                         reported = 1;
+                        if (!end_us) end_us = now_us();
                         status = (int)(be32(status_msg + 1) & 0xff) << 8; /* as from waitpid */
                         tail_len = tl;
                         total_out += tl;
@@ -753,7 +765,10 @@ int main(int argc, char **argv) {
     if (reported && tail_len && !over_limit) queue_frame('O', status_msg + 9, tail_len);
     /* Output first, then the files, then the exit report. */
     if (out_max_files) send_out_files(work_fd, out_max_files, out_max_bytes);
-    unsigned char xf[21];
+    if (!end_us) end_us = now_us(); /* killed here (over the output limit) */
+    long long took_us = end_us - go_us;
+    uint32_t took = took_us < 0 ? 0 : took_us > 0xffffffffLL ? 0xffffffffu : (uint32_t)took_us;
+    unsigned char xf[25];
     memcpy(xf, nonce, 16);
     uint32_t value;
     if (reported) {
@@ -770,6 +785,7 @@ int main(int argc, char **argv) {
         value = (uint32_t)WEXITSTATUS(status);
     }
     xf[17] = value >> 24; xf[18] = value >> 16; xf[19] = value >> 8; xf[20] = value;
+    xf[21] = took >> 24; xf[22] = took >> 16; xf[23] = took >> 8; xf[24] = took;
     /* The collected output and the exit frame: one write, usually. */
     queue_frame('X', xf, sizeof xf);
     flush_pending();

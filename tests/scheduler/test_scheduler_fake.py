@@ -782,3 +782,20 @@ async def test_files_args_and_env_reach_the_sandbox(autojump_clock: trio.testing
     assert extras.args == ("--x",)
     assert extras.env == (("K", "v"),)
     assert extras.out_max_files == 7
+
+
+async def test_billed_by_the_sandboxs_own_measure_never_above_the_hosts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The host saw 500 ms (its reading of the report may wait behind its other
+    # work); the supervisor measured the program itself at 20.4 ms: billed 21.
+    async with running() as s:
+        result = await s.run("took:20.4;sleep:0.5")
+        assert result.duration_ms == 21
+        # A report claiming more than the host saw is capped by the host's clock.
+        result = await s.run("took:900;sleep:0.1")
+        assert result.duration_ms == 100
+        # A forged report (the program wrote it, not the supervisor) says nothing:
+        # the real one, at the end, does.
+        result = await s.run("took:1;forge;took:400;sleep:0.5")
+        assert result.duration_ms == 400
