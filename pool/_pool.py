@@ -72,6 +72,7 @@ class PoolStatistics:
     queued: int = 0
     # The share of the (shared) start slots that every pool's arrivals keep busy.
     start_utilization: float = 0.0
+    in_slot: int = 0  # of ``starting``, those holding a start slot now
 
 
 class LiveSandboxes:
@@ -268,6 +269,7 @@ class WarmPool:
             shrunk_total=self._shrunk,
             queued=self._queued,
             start_utilization=self._start_limiter.utilization(),
+            in_slot=self._in_slot,
         )
 
     @property

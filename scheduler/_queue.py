@@ -188,8 +188,9 @@ def predict_wait_s(
     start_s = max(0.05, start_estimate_s) * LOADED_START_FACTOR
     slots = max(1, math.floor(start_slots))
     # The starts under way and those free slots can begin now arrive within one
-    # start; each further round of ``slots`` starts takes one more.
-    now = starting + max(0, slots - starting)
+    # start; each further round of ``slots`` starts takes one more. Starts asked
+    # for beyond the slots wait for one like any other: they are later rounds.
+    now = min(starting, slots) + max(0, slots - starting)
     if beyond <= now:
         return start_s
     return start_s + math.ceil((beyond - now) / slots) * start_s

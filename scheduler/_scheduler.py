@@ -375,8 +375,10 @@ class Scheduler:
             return
         queue = self._queues[language]
         now = trio.current_time()
-        # Sandboxes already starting come within about one start: count from them.
-        ahead = self._pools[language].statistics().starting
+        # Sandboxes starting in a slot come within about one start: count from them.
+        # (Not every start asked for: those beyond the slots wait for one, and while
+        # the target is up at a burst there are many of them.)
+        ahead = self._pools[language].statistics().in_slot
         for place, waiter in enumerate(queue.in_order(), start=1):
             predicted = max(0, place - ahead) / measured
             left = waiter.arrived_at + self.config.queue_timeout_s - now

@@ -62,6 +62,14 @@ def test_predict_wait() -> None:
         )
         == 1.0 + 2 * 1.0
     )
+    # Eight starts asked for (the target is up), two slots: they come two a round,
+    # so the ninth place is five rounds away, not two.
+    assert (
+        predict_wait_s(
+            position=9, ready=0, starting=8, measured_rate=None, start_estimate_s=0.5, start_slots=2
+        )
+        == 5 * 1.0
+    )
 
 
 async def test_service_rate_measures_only_backlogs(
