@@ -465,10 +465,17 @@ class Scheduler:
             grace = SIGINT_GRACE_S if state.stopped is Termination.TIMEOUT else 0.0
             t_end = min(t_end, state.kill_sent_at + grace)
         duration_ms = max(0, round((t_end - t0) * 1000))
-        if isinstance(end, Exited) and end.authentic and end.took_s is not None:
-            # The sandbox's own measure of the program, go to end: the host's adds
-            # its frame's trip out and the wait of this process's other work
-            # (a burst's requests) before it reads it, which is not the user's.
+        if (
+            state.stopped is None
+            and isinstance(end, Exited)
+            and end.authentic
+            and end.took_s is not None
+        ):
+            # A program that ended by itself: the sandbox's own measure of it, go to
+            # end. The host's adds the frames' trips and the wait of this process's
+            # other work (a burst's requests) before it reads the report, which is
+            # not the user's. A run we stopped keeps the host's clock, which its
+            # deadline and its credit limit are kept by.
             duration_ms = min(duration_ms, max(0, math.ceil(end.took_s * 1000)))
         collector.finish()
         stdout, stderr = collector.decode()

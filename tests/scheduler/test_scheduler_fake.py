@@ -799,3 +799,7 @@ async def test_billed_by_the_sandboxs_own_measure_never_above_the_hosts(
         # the real one, at the end, does.
         result = await s.run("took:1;forge;took:400;sleep:0.5")
         assert result.duration_ms == 400
+        # A run we stopped is billed by the clock its deadline is kept by.
+        result = await s.run("took:700;sleep:100", timeout_s=1)
+        assert result.timed_out
+        assert result.duration_ms == 1000
