@@ -15,6 +15,15 @@ from scheduler._queue import FairQueue, ServiceRate, Waiter, predict_wait_s
 from .test_scheduler_fake import START_S, CountingBackend, Setup, running
 
 
+@contextlib.asynccontextmanager
+async def _one_slow_slot(queue_timeout_s: float) -> AsyncIterator[Setup]:
+    """One sandbox, and starts of 1 s (virtual) taken one at a time."""
+    backend = CountingBackend()
+    backend.start_delay_s = 1.0
+    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=queue_timeout_s) as s:
+        yield s
+
+
 def test_fair_queue_round_robin_by_tenant() -> None:
     q = FairQueue()
     for i in range(5):
@@ -109,11 +118,9 @@ async def test_one_accounts_burst_does_not_starve_another(
 async def test_overload_is_refused_at_once_and_the_queued_are_served(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    backend = CountingBackend()
-    backend.start_delay_s = 1.0
     # Budget 0.75 * 8 = 6 s; one start slot, 1 s per start (2 s loaded): a few fit.
     # (A pool of 1, so one start has been measured: before that nobody is refused.)
-    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=8) as s:
+    async with _one_slow_slot(queue_timeout_s=8) as s:
         refused_after: list[float] = []
         retry_after: list[float] = []
         served = 0
@@ -215,9 +222,7 @@ async def test_client_leaving_the_queue_loses_no_sandbox(
 @contextlib.asynccontextmanager
 async def _six_waiting(queue_timeout_s: float, tenant: str = "") -> AsyncIterator[Setup]:
     """One sandbox, starts of 1 s one at a time, and six 5 s runs of ``tenant`` queued."""
-    backend = CountingBackend()
-    backend.start_delay_s = 1.0
-    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=queue_timeout_s) as s:
+    async with _one_slow_slot(queue_timeout_s) as s:
         assert s.scheduler.refuses("python") is None  # a warm sandbox
 
         async def one() -> None:
@@ -302,9 +307,7 @@ async def test_runs_being_let_in_count_before_they_queue(
     # third run at once would wait two loaded starts (4 s). The API lets a run in,
     # then spends a database round trip before it queues; a burst arriving at once
     # must be refused by the places its first runs are about to take.
-    backend = CountingBackend()
-    backend.start_delay_s = 1.0
-    async with running(backend, size=1, start_concurrency=1, queue_timeout_s=4) as s:
+    async with _one_slow_slot(queue_timeout_s=4) as s:
         sched = s.scheduler
         assert sched.refuses("python", "a") is None
         with sched.admitting("python", "a"):
