@@ -8,7 +8,7 @@
 // Module.runMain picks CommonJS or ES modules (syntax detection is on by
 // default from Node 20.19), sets require.main, and leaves the rest of stdin,
 // unhandled rejections and exit codes to Node itself.  When the program is
-// done (the 'exit' event, after every other 'exit' listener), we report the
+// done (the 'exit' event, once every 'exit' listener of its own has run), we report the
 // exit code on fd 3, so the result does not wait for Node's own teardown.
 "use strict";
 const fs = require("node:fs");
@@ -59,10 +59,6 @@ function onUncaught() {
 }
 
 function reportExit(code) {
-  // Run the program's own 'exit' listeners first, then report.
-  const others = process.listeners("exit").filter((fn) => fn !== reportExit);
-  process.removeAllListeners("exit");
-  for (const fn of others) fn.call(process, code);
   if (fatal) return;
   const final = process.exitCode ?? code;
   const buf = Buffer.alloc(9); // 'x' | u32 code | u32 0: no stdout tail (it is flushed)
@@ -73,6 +69,20 @@ function reportExit(code) {
   } catch {
     // The supervisor falls back to waitpid.
   }
+}
+
+// Report once the program's own 'exit' listeners have all run, whenever they were
+// added.  Not a listener of our own: EventEmitter calls a copy of the listener
+// list, so a listener of ours that ran the others first (to go last) had them
+// all run twice.  Node looks `process.emit` up on the object both for a natural
+// end and for process.exit(), so wrapping it sees every exit.
+function watchExit() {
+  const emit = process.emit;
+  process.emit = function (event, ...args) {
+    const result = Reflect.apply(emit, this, [event, ...args]);
+    if (event === "exit") reportExit(args[0]);
+    return result;
+  };
 }
 
 const STREAMED = 0x80000000; // the length's top bit: Node writes each line at once anyway
@@ -136,7 +146,7 @@ function runProgram() {
   }
   fs.closeSync(CODE_FD);
   process.on("uncaughtExceptionMonitor", onUncaught);
-  process.on("exit", reportExit);
+  watchExit();
   process.argv.splice(1, process.argv.length - 1, PATH, ...args);
   Module.runMain(PATH);
 }

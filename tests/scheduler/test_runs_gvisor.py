@@ -247,6 +247,22 @@ async def test_handled_uncaught_exception_does_not_end_the_program(
     assert r.stdout == "caught x\nafter\n"
 
 
+@pytest.mark.parametrize("ending", ["", "process.exit(2);\n"])
+async def test_exit_listeners_run_once_each_as_under_node(
+    shared: SharedScheduler, ending: str
+) -> None:
+    # As `node main.js`: each 'exit' listener once, in order, with the code, and
+    # an exitCode a listener sets is the run's exit code.
+    code = (
+        "process.on('exit', (c) => console.log('first', c));\n"
+        "process.on('exit', () => { console.log('second'); process.exitCode = 3; });\n"
+        "console.log('body');\n" + ending
+    )
+    r = await shared.run("javascript", code)
+    assert_exited(r, 3)
+    assert r.stdout == f"body\nfirst {2 if ending else 0}\nsecond\n"
+
+
 async def test_es_module_import_and_top_level_await(shared: SharedScheduler) -> None:
     code = (
         "import { join } from 'node:path';\n"
