@@ -28,6 +28,12 @@ async function warmUp() {
   // program that writes with fs.writeSync(1, ...) faster than we read would get
   // EAGAIN here and not there.  Blocking writes are what Node does for pipes anyway.
   for (const stream of [process.stdout, process.stderr]) stream._handle?.setBlocking?.(true);
+  // The first write to each stream runs the stream's write path for the first
+  // time (lazily compiled, page faults under gVisor): 6-26 ms of a first
+  // console.log. The supervisor drops what is written before our 'r'.
+  console.log("%s", "cinch warm-up");
+  console.error("%s", "cinch warm-up");
+  process.stdout.write("\n");
   util.format("%s %d %j", "a", 1, { b: [2] });
   util.inspect({ a: [1, "x", { b: null }], c: new Map([[1, 2]]) });
   require("/opt/cinch/warm.js");

@@ -247,6 +247,16 @@ async def test_handled_uncaught_exception_does_not_end_the_program(
     assert r.stdout == "caught x\nafter\n"
 
 
+@LANGS
+async def test_the_loaders_warm_up_output_is_not_the_programs(
+    shared: SharedScheduler, language: str
+) -> None:
+    # The Node loader writes to stdout and stderr while it warms up; none of it is output.
+    r = await shared.run(language, "")
+    assert_exited(r)
+    assert (r.stdout, r.stderr) == ("", "")
+
+
 @pytest.mark.parametrize("ending", ["", "process.exit(2);\n"])
 async def test_exit_listeners_run_once_each_as_under_node(
     shared: SharedScheduler, ending: str
