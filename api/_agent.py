@@ -125,6 +125,7 @@ class AgentState:
             not self.scheduler.accepting,
             languages,
             runs_total=sum(sched.runs_total.values()),
+            admit_budget_s=self.scheduler.admit_budget_s,
         )
 
     def warm_now(self, language: str) -> bool:

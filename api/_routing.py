@@ -13,7 +13,9 @@ SCALE-OUT.md section 3, in order:
    last levels): the larger spare count wins, ties by fewer runs in flight.
 4. The agent's take is authoritative: ``409`` (empty) sends the run to the next
    candidate, at most 2 more.  No warm sandbox anywhere: the run queues on the
-   least-loaded member, which may answer 503 with a Retry-After.
+   least-loaded member, which may answer 503 with a Retry-After. When every
+   member predicts a wait over its own budget, :meth:`Router.refuses` says so
+   before the API's database work.
 5. A member that fails mid-run: the run is retried once elsewhere if its
    deadline leaves time and none of its output was streamed yet (sandboxes have
    no network: at-least-once execution, and the API charges exactly once, for
@@ -234,17 +236,39 @@ class Router:
         self._accepting = False
 
     def refuses(self, language: str, tenant: str | None = None) -> float | None:
-        """Never refuses up front: each agent's own admission decides (its 503 with
-        Retry-After is passed on when none takes the run)."""
-        return None
+        """If every member that could take a run of ``language`` has no spare warm
+        sandbox and predicts a wait over its own admission budget, the shortest of
+        those waits; else None, and the agents' own admission decides.
+
+        From the levels each member last sent (a poll every 0.25 s, and every
+        answer, a refusal included): during a burst the API answers 503 before its
+        database work once the first refusals have come back. A member that does
+        not say its budget is never counted as refusing.
+        """
+        waits = []
+        for v in self._views.values():
+            if not v.routable or v.levels is None:
+                continue
+            lv = v.levels.languages.get(language)
+            if lv is None:
+                continue
+            budget = v.levels.admit_budget_s
+            if v.spare(language) > 0 or budget <= 0 or lv.predicted_wait_s <= budget:
+                return None
+            waits.append(lv.predicted_wait_s)
+        return min(waits) if waits else None
 
     @property
     def admit_budget_s(self) -> float:
-        return 0.0
+        """The longest admission budget the members said they have (0: none said)."""
+        return max(
+            (v.levels.admit_budget_s for v in self._views.values() if v.routable and v.levels),
+            default=0.0,
+        )
 
     @contextlib.contextmanager
     def admitting(self, language: str, tenant: str) -> Iterator[None]:
-        """Nothing to count here: each agent's admission decides."""
+        """Nothing to count here: the members' levels say what they have queued."""
         yield
 
     async def wait_idle(self) -> None:

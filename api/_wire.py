@@ -52,12 +52,15 @@ class Levels:
     draining: bool
     languages: dict[str, LanguageLevels] = field(default_factory=dict)
     runs_total: int = 0  # runs this agent finished since it started
+    # The longest predicted wait the agent queues a run for (0: not told).
+    admit_budget_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "draining": self.draining,
             "runsTotal": self.runs_total,
+            "admitBudgetS": self.admit_budget_s,
             "languages": {
                 name: {
                     "warm": lv.warm,
@@ -94,6 +97,7 @@ class Levels:
                     for name, lv in dict(body["languages"]).items()
                 },
                 runs_total=int(body.get("runsTotal", 0)),
+                admit_budget_s=float(body.get("admitBudgetS", 0.0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise WireError(f"bad pool levels: {exc!r}") from exc

@@ -45,11 +45,16 @@ class FakeAgent:
 
 @asynccontextmanager
 async def fake_agents(
-    nursery: trio.Nursery, n: int, *, pool_size: int = 2, queue_timeout_s: float = 2.0
+    nursery: trio.Nursery,
+    n: int,
+    *,
+    pool_size: int = 2,
+    queue_timeout_s: float = 2.0,
+    start_delay_s: float = 0.01,
 ) -> AsyncIterator[list[FakeAgent]]:
     agents = []
     for i in range(n):
-        backend = FakeBackend(start_delay_s=0.01)
+        backend = FakeBackend(start_delay_s=start_delay_s)
         backend._n = 100_000 * i  # sandbox ids unique across agents
         live = LiveSandboxes(16)
         limiter = StartSlots(2)
@@ -250,6 +255,56 @@ async def test_no_warm_anywhere_queues_on_an_agent() -> None:
                         runs.start_soon(one)
                 assert [r.stdout for r in results] == ["ok"] * 6
                 assert router.statistics().queued_total >= 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_burst_is_refused_by_the_router_once_every_agent_predicts_too_long() -> None:
+    # One sandbox per agent, 0.5 s starts, 1.5 s of admission budget: a burst of
+    # 2 s runs fills both queues, and the agents' refusals bring back levels that
+    # let the router refuse the rest itself (the API: before its database work).
+    async with trio.open_nursery() as nursery:
+        async with fake_agents(nursery, 2, pool_size=1, start_delay_s=0.5) as agents:
+            async with router_over(nursery, agents) as router:
+                assert router.refuses("python") is None
+                assert router.admit_budget_s == agents[0].scheduler.admit_budget_s > 0
+                refused = 0
+
+                async def one() -> None:
+                    nonlocal refused
+                    try:
+                        await router.run(req("sleep:2;out:ok", timeout_s=5))
+                    except NoCapacity:
+                        refused += 1
+
+                async with trio.open_nursery() as runs:
+                    for _ in range(16):
+                        runs.start_soon(one)
+                    await until(lambda: router.refuses("python") is not None, 3)
+                    wait = router.refuses("python")
+                    assert wait is not None
+                    assert wait > router.admit_budget_s
+                    assert router.refuses("javascript") is None  # its pools are warm
+                assert refused >= 1
+                # Once the queues have drained, a poll brings levels that admit again.
+                await until(lambda: router.refuses("python") is None, 5)
+            nursery.cancel_scope.cancel()
+
+
+async def test_agents_that_do_not_say_their_budget_are_never_refused_for() -> None:
+    async with trio.open_nursery() as nursery:
+        async with fake_agents(nursery, 1) as agents:
+            async with router_over(nursery, agents) as router:
+                view = router.agents[0]
+                assert view.levels is not None
+                lv = view.levels.languages["python"]
+                view.levels = replace(
+                    view.levels,
+                    admit_budget_s=0.0,
+                    languages={"python": replace(lv, warm=0, predicted_wait_s=99.0)},
+                )
+                assert router.refuses("python") is None
+                view.levels = replace(view.levels, admit_budget_s=1.0)
+                assert router.refuses("python") == 99.0
             nursery.cancel_scope.cancel()
 
 
