@@ -79,6 +79,7 @@ class RunOutcome:
     duration_ms: int
     queue_ms: int
     billable: bool
+    sandbox_id: str = ""  # the container that served it ("" for none)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class RunLedger:
     ) -> Settlement:
         """Settle ``run_id`` once; its stored response gets ``creditsCharged``."""
         row = await self._db.fetchrow(
-            "SELECT * FROM cinch_finish_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            "SELECT * FROM cinch_finish_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             run_id,
             hold_id,
             account_id,
@@ -172,6 +173,7 @@ class RunLedger:
             outcome.billable,
             idem_key,
             json.dumps(response, ensure_ascii=False),
+            outcome.sandbox_id,
         )
         return Settlement(
             charged=int(row["charged"]),

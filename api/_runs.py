@@ -626,6 +626,7 @@ async def _finish(
         else min(result.duration_ms, max_credits),
         queue_ms=result.queue_ms,
         billable=result.billable,
+        sandbox_id=result.sandbox_id,
     )
     deadline = trio.current_time() + SETTLE_BOUND_S
     delay = 0.1

@@ -72,6 +72,17 @@ def ledger_mismatches(server: Any) -> list[Any]:
     )
 
 
+SERVED_TWICE = (
+    "SELECT sandbox_id, count(*) AS runs FROM runs WHERE sandbox_id IS NOT NULL "
+    "GROUP BY sandbox_id HAVING count(*) > 1"
+)
+
+
+def sandboxes_served_twice(server: Any) -> list[Any]:
+    """Sandboxes that the runs table says served more than one run (there must be none)."""
+    return list(server.query(SERVED_TWICE))
+
+
 def docker_client() -> Any:
     import docker
 

@@ -47,6 +47,16 @@ async def test_sixteen_concurrent_runs_on_a_new_account_all_succeed(cinch_live):
         key[-4:],
     )
     assert rows[0]["balance"] == rows[0]["total"] == 10_000 - charged
+    # Each run records the sandbox that served it, a container id, and none served two.
+    served = cinch_live.query(
+        "SELECT r.sandbox_id FROM runs r JOIN api_keys k ON k.account_id = r.account_id "
+        "WHERE k.last4 = $1",
+        key[-4:],
+    )
+    ids = [row["sandbox_id"] for row in served]
+    assert len(ids) == 16
+    assert all(i and len(i) == 64 for i in ids), ids
+    assert len(set(ids)) == 16
 
 
 async def test_concurrent_runs_and_top_ups_keep_the_ledger_exact(cinch_live):

@@ -37,6 +37,7 @@ from tests.live_checks import (
     instance_id,
     ledger_mismatches,
     runsc_processes,
+    sandboxes_served_twice,
     wait_until,
 )
 
@@ -231,6 +232,7 @@ def assert_ledger(c: Cluster, keys: str | list[str], answers: list[Answer | Exce
     from api._store import hash_key
 
     assert ledger_mismatches(c.db) == []
+    assert sandboxes_served_twice(c.db) == []
     rows = c.db.query(
         "SELECT l.ref, -l.amount AS credits FROM ledger l JOIN api_keys k "
         "ON k.account_id = l.account_id WHERE k.key_hash = ANY($1) AND l.kind = 'charge'",

@@ -44,6 +44,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, _engine_state, need
+from tests.live_checks import SERVED_TWICE
 from tests.swarm.testbed import (
     NetnsThread,
     Node,
@@ -603,6 +604,11 @@ def _drills(stack: Stack, report: dict[str, Any]) -> None:
         )
         == []
     )
+    # No sandbox served two runs (each run records its container's id).
+    assert stack.sql(SERVED_TWICE) == []
+    report["runs_with_a_sandbox_id"] = stack.sql(
+        "SELECT count(*) AS n FROM runs WHERE sandbox_id IS NOT NULL"
+    )[0]["n"]
     # A hold may outlive its run (its replica could not give it back): never its expiry
     # plus the reaper's period (30 s), with a few seconds of slack.
     stale = "SELECT count(*) AS n FROM holds WHERE expires_at < now() - interval '35 seconds'"
